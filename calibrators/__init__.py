@@ -1,0 +1,1 @@
+"""Calibration utilities: range observers that pick quantization thresholds."""

@@ -1,0 +1,1 @@
+"""Scoring: task accuracy, fidelity against the original, latency."""

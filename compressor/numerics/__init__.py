@@ -1,0 +1,1 @@
+"""How each number format rounds and packs: pure functions, no modules."""

@@ -1,0 +1,1 @@
+"""Compression passes: each looks at calibration data and rewrites modules."""

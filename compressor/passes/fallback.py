@@ -1,0 +1,52 @@
+"""Sensitivity-driven fallback: put back in float the few quantized layers that hurt the output most."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from compressor.passes.w8a8 import QuantizationPlan, set_module
+
+
+@torch.no_grad()
+def output_error(handle, batches: list[dict], references: list[torch.Tensor]) -> float:
+    """Relative squared error of the model output against the original's, over real tokens."""
+    num = den = 0.0
+    for batch, ref in zip(batches, references):
+        mask = handle.adapter.token_mask(batch)
+        out = handle.adapter.forward(handle.model, batch)
+        num += float((out - ref)[mask].pow(2).sum())
+        den += float(ref[mask].pow(2).sum())
+    return num / max(den, 1e-12)
+
+
+def apply_fallback(
+    handle,
+    originals: dict[str, nn.Linear],
+    batches: list[dict],
+    references: list[torch.Tensor],
+    plan: QuantizationPlan,
+    max_layers: int,
+    min_gain: float,
+) -> list[str]:
+    """Score every quantized layer by the share of output error that keeping it in float removes;
+    restore the top ``max_layers`` whose share is at least ``min_gain``. Returns their names."""
+    records = plan.by_name()
+    quantized = [r.name for r in plan.layers if r.format == "int8"]
+    if max_layers == 0 or not quantized:
+        return []
+    total = output_error(handle, batches, references)
+    for name in tqdm(quantized, desc="sensitivity", unit="layer", leave=False):
+        int8_module = handle.model.get_submodule(name)
+        set_module(handle.model, name, originals[name])
+        records[name].fallback_gain = 1.0 - output_error(handle, batches, references) / max(total, 1e-12)
+        set_module(handle.model, name, int8_module)
+    ranked = sorted(quantized, key=lambda n: records[n].fallback_gain, reverse=True)
+    chosen = [n for n in ranked[:max_layers] if records[n].fallback_gain >= min_gain]
+    for name in chosen:
+        set_module(handle.model, name, originals[name])
+        records[name].format = "float"
+        records[name].note = (
+            f"kept in float: its INT8 version caused {100 * records[name].fallback_gain:.1f}% of the output error"
+        )
+    return chosen

@@ -1,0 +1,112 @@
+"""Recipes: small typed configs, named presets or YAML files, validated at the edge."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from compressor.errors import CompressorError
+
+OBSERVER_NAMES = ("entropy", "max", "mse", "percentile")
+
+
+@dataclass
+class Recipe:
+    """W8A8 post-training quantization of the eligible Linear layers.
+
+    Weights: INT8 symmetric per output channel. Inputs: INT8 symmetric per tensor, static scales
+    from calibration with ``observer``. ``smoothquant`` searches a migration strength per layer
+    over ``alphas``. The fallback keeps at most ``fallback_max_layers`` layers in float, and only
+    those whose float copy removes at least ``fallback_min_gain`` of the model's output error.
+    """
+
+    name: str = "int8"
+    observer: str = "percentile"
+    percentile: float = 99.99
+    smoothquant: bool = True
+    alphas: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+    search_tokens: int = 4096
+    fallback_max_layers: int = 2
+    fallback_min_gain: float = 0.05
+    sensitivity_samples: int = 64
+    calib_samples: int = 256
+    batch_size: int = 32
+    max_length: int = 128
+    exclude: list[str] = field(default_factory=list)  # wildcard module names kept in float
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            expected = {"str": str, "float": (int, float), "int": int, "bool": bool}.get(str(f.type))
+            if expected and (not isinstance(value, expected) or (expected is not bool and isinstance(value, bool))):
+                raise CompressorError(f"recipe field '{f.name}': expected {f.type}, got {value!r}")
+        if self.observer not in OBSERVER_NAMES:
+            raise CompressorError(
+                f"recipe field 'observer': unknown value {self.observer!r}; choose one of: {', '.join(OBSERVER_NAMES)}"
+            )
+        if not 0 < self.percentile <= 100:
+            raise CompressorError(f"recipe field 'percentile': {self.percentile} is not in (0, 100]")
+        if not isinstance(self.alphas, list) or not all(
+            isinstance(a, (int, float)) and not isinstance(a, bool) and 0 <= a <= 1 for a in self.alphas
+        ):
+            raise CompressorError(f"recipe field 'alphas': expected a list of numbers in [0, 1], got {self.alphas!r}")
+        if not isinstance(self.exclude, list) or not all(isinstance(p, str) for p in self.exclude):
+            raise CompressorError(f"recipe field 'exclude': expected a list of module-name patterns, got {self.exclude!r}")
+        for name in ("calib_samples", "batch_size", "max_length", "search_tokens", "sensitivity_samples"):
+            if getattr(self, name) < 1:
+                raise CompressorError(f"recipe field '{name}': must be at least 1, got {getattr(self, name)}")
+        if self.fallback_max_layers < 0:
+            raise CompressorError(f"recipe field 'fallback_max_layers': must be >= 0, got {self.fallback_max_layers}")
+        if not 0 <= self.fallback_min_gain <= 1:
+            raise CompressorError(f"recipe field 'fallback_min_gain': {self.fallback_min_gain} is not in [0, 1]")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, base: "Recipe | None" = None) -> "Recipe":
+        if not isinstance(data, dict):
+            raise CompressorError("a recipe must be a mapping of field: value")
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in data:
+            if key not in known:
+                raise CompressorError(f"unknown recipe field '{key}'; known fields: {', '.join(sorted(known))}")
+        values = (base or cls()).to_dict()
+        values.update(data)
+        return cls(**values)
+
+
+PRESETS: dict[str, dict] = {
+    # W8A8 with searched SmoothQuant, percentile clipping and at most two float layers.
+    "int8": {},
+    # The same without outlier handling: plain max calibration, every eligible layer quantized.
+    "int8-minmax": {"name": "int8-minmax", "observer": "max", "smoothquant": False, "fallback_max_layers": 0},
+}
+
+
+def load_recipe(spec: str) -> Recipe:
+    """A preset name, or a YAML file whose optional ``preset`` key names the base it overrides."""
+    if spec in PRESETS:
+        return Recipe.from_dict(PRESETS[spec])
+    path = Path(spec)
+    if path.suffix.lower() not in (".yaml", ".yml"):
+        raise CompressorError(f"unknown recipe preset '{spec}'; choose one of: {', '.join(PRESETS)} or a .yaml file")
+    if not path.is_file():
+        raise CompressorError(f"recipe file not found: {path}")
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise CompressorError(f"recipe file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise CompressorError(f"recipe file {path} must hold a mapping of field: value")
+    preset = data.pop("preset", "int8")
+    if preset not in PRESETS:
+        raise CompressorError(f"recipe file {path}: unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}")
+    data.setdefault("name", path.stem)
+    return Recipe.from_dict(data, base=Recipe.from_dict(PRESETS[preset]))

@@ -1,0 +1,1 @@
+"""Writers of compressed models: checkpoint directories and ONNX graphs."""

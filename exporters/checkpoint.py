@@ -1,0 +1,119 @@
+"""Compressed checkpoint directories: real INT8 tensors and scales in safetensors, plus the record of
+what was done (compression.json) and a short model card."""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from compressor.errors import CompressorError
+from compressor.int8_linear import Int8Linear
+from compressor.model import ModelHandle, _check_safetensors, check_checkpoint_dir, load_tokenizer, read_config
+from compressor.adapters import adapter_for
+from compressor.passes.w8a8 import set_module
+from exporters.atomic import atomic_directory
+
+FORMAT_VERSION = 1
+RECORD_FILE, WEIGHTS_FILE = "compression.json", "model.safetensors"
+
+
+def model_card(record: dict) -> str:
+    layers = record["layers"]
+    int8 = [layer for layer in layers if layer["format"] == "int8"]
+    floats = [layer for layer in layers if layer["format"] != "int8"]
+    smoothed = [layer for layer in int8 if layer.get("smoothing_alpha") is not None]
+    recipe = record["recipe"]
+    lines = [
+        f"# Compressed model: {record['recipe']['name']}",
+        "",
+        f"Source checkpoint: `{record['source']}`",
+        "",
+        f"- {len(int8)} Linear layers in W8A8: INT8 weights per output channel, static INT8 input scales "
+        f"per tensor ({recipe['observer']} calibration"
+        + (f", {recipe['percentile']}th percentile" if recipe["observer"] == "percentile" else "")
+        + ").",
+        f"- {len(smoothed)} of them with SmoothQuant migration (alpha searched per layer).",
+        f"- Calibration: {record['calibration']['samples']} sentences from `{record['calibration']['data']}`.",
+    ]
+    for layer in floats:
+        lines.append(f"- `{layer['name']}` kept in float: {layer['note']}")
+    lines += ["", "Reload with `compressor.load_compressed(path)`; export with `compressor export`."]
+    return "\n".join(lines) + "\n"
+
+
+def save_compressed(handle: ModelHandle, output: str | Path, record: dict, overwrite: bool = False) -> Path:
+    """Write the compressed model atomically: a failure leaves no partial directory behind."""
+    record = {"format_version": FORMAT_VERSION, **record}
+    with atomic_directory(output, overwrite) as scratch:
+        handle.model.config.save_pretrained(scratch)
+        handle.tokenizer.save_pretrained(scratch)
+        state = {k: v.detach().contiguous() for k, v in handle.model.state_dict().items()}
+        save_file(state, str(scratch / WEIGHTS_FILE), metadata={"format": "pt", "compressor": "w8a8"})
+        (scratch / RECORD_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
+        (scratch / "README.md").write_text(model_card(record), encoding="utf-8")
+    return Path(output)
+
+
+def read_record(path: Path) -> dict:
+    try:
+        record = json.loads((path / RECORD_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CompressorError(f"{path} is not a compressed checkpoint (no {RECORD_FILE})") from None
+    except json.JSONDecodeError as exc:
+        raise CompressorError(f"{path / RECORD_FILE} is not valid JSON: {exc}") from None
+    if record.get("format_version") != FORMAT_VERSION:
+        raise CompressorError(f"{path / RECORD_FILE}: unsupported format_version {record.get('format_version')!r}")
+    return record
+
+
+def is_compressed_checkpoint(path: str | Path) -> bool:
+    return (Path(path) / RECORD_FILE).is_file()
+
+
+def load_compressed(path: str | Path) -> ModelHandle:
+    """Rebuild the architecture from config.json, put Int8Linear layers where the record says, load weights."""
+    from transformers import AutoModel
+
+    path = check_checkpoint_dir(path)
+    record = read_record(path)
+    config = read_config(path)
+    adapter = adapter_for(config)
+    if adapter is None:
+        raise CompressorError(f"model type {config.model_type!r} in {path} has no adapter")
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CompressorError(f"{path} has no {WEIGHTS_FILE}")
+    _check_safetensors(weights)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = AutoModel.from_config(config, attn_implementation="sdpa")
+    for layer in record["layers"]:
+        if layer["format"] == "int8":
+            linear = model.get_submodule(layer["name"])
+            smooth = layer.get("smoothing_alpha") is not None
+            set_module(
+                model, layer["name"], Int8Linear(linear.in_features, linear.out_features, linear.bias is not None, smooth)
+            )
+    state = load_file(str(weights))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CompressorError(f"{weights} does not match its record: {str(exc).splitlines()[0]}") from None
+    model.eval()
+    return ModelHandle(model=model, tokenizer=load_tokenizer(path), adapter=adapter, source=path, info=record)
+
+
+def load_any(path: str | Path) -> ModelHandle:
+    """An original checkpoint or a compressed one."""
+    from compressor.model import load_model
+
+    return load_compressed(path) if is_compressed_checkpoint(path) else load_model(path)
+
+
+def checkpoint_bytes(path: str | Path) -> int:
+    """Bytes of the weight files: what a deployment ships, tokenizer and JSON aside."""
+    path = Path(path)
+    return sum(f.stat().st_size for f in path.iterdir() if f.suffix in (".safetensors", ".bin"))

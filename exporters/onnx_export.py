@@ -1,0 +1,163 @@
+"""ONNX export for two runtimes.
+
+``tensorrt``: explicit quantization as TensorRT consumes it. Each INT8 Linear becomes
+QuantizeLinear→DequantizeLinear on its input (per-tensor scale, zero point 0, int8) and an INT8
+weight initializer→DequantizeLinear (per output channel, axis 0)→Transpose→MatMul. Build the engine
+strongly typed, with no precision flags.
+
+``onnxruntime``: the CPU provider's integer kernels. The input is quantized once with its static
+scale (uint8, zero point 128: the same grid as symmetric int8) and fed with the int8 weight to
+``com.microsoft.MatMulIntegerToFloat``, which runs the integer GEMM and rescales to float in one op.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from compressor.errors import CompressorError
+from compressor.int8_linear import Int8Linear
+from compressor.model import ModelHandle
+from exporters.atomic import atomic_file
+
+TARGETS = ("onnxruntime", "tensorrt")
+OPSET = 17
+
+
+class _Int8LinearOp(torch.autograd.Function):
+    """Eager math for tracing; ``symbolic`` writes the target's ONNX pattern."""
+
+    @staticmethod
+    def forward(ctx, x, weight, weight_scale, input_scale, bias, smooth, target: str, use_smooth: bool):
+        if use_smooth:
+            x = x * smooth
+        x = torch.round(x / input_scale).clamp(-128, 127) * input_scale
+        return nn.functional.linear(x, weight.float() * weight_scale[:, None], bias)
+
+    @staticmethod
+    def symbolic(g, x, weight, weight_scale, input_scale, bias, smooth, target: str, use_smooth: bool):
+        if use_smooth:
+            x = g.op("Mul", x, smooth)
+        if target == "tensorrt":
+            zero = g.op("Constant", value_t=torch.tensor(0, dtype=torch.int8))
+            x = g.op("DequantizeLinear", g.op("QuantizeLinear", x, input_scale, zero), input_scale, zero)
+            w = g.op("DequantizeLinear", weight, weight_scale, axis_i=0)
+            y = g.op("MatMul", x, g.op("Transpose", w, perm_i=[1, 0]))
+        else:
+            zero = g.op("Constant", value_t=torch.tensor(128, dtype=torch.uint8))
+            xq = g.op("QuantizeLinear", x, input_scale, zero)
+            w_t = g.op("Transpose", weight, perm_i=[1, 0])  # folded into an int8 [in, out] initializer
+            y = g.op("com.microsoft::MatMulIntegerToFloat", xq, w_t, input_scale, weight_scale, zero)
+        return g.op("Add", y, bias)
+
+
+def _int8_export_fn(target: str):
+    def run(layer: Int8Linear, x: torch.Tensor) -> torch.Tensor:
+        bias = layer.bias if layer.bias is not None else torch.zeros(layer.out_features)
+        use_smooth = layer.input_smooth is not None
+        smooth = layer.input_smooth if use_smooth else torch.ones(layer.in_features)
+        return _Int8LinearOp.apply(x, layer.weight, layer.weight_scale, layer.input_scale, bias, smooth, target, use_smooth)
+
+    return run
+
+
+class _Graph(nn.Module):
+    """Named positional inputs → the adapter's output tensor."""
+
+    def __init__(self, handle: ModelHandle, input_names: tuple[str, ...]):
+        super().__init__()
+        self.model, self.adapter, self.input_names = handle.model, handle.adapter, input_names
+
+    def forward(self, *inputs):
+        return self.adapter.forward(self.model, dict(zip(self.input_names, inputs)))
+
+
+def export_onnx(handle: ModelHandle, output: str | Path, target: str = "onnxruntime", overwrite: bool = False) -> Path:
+    """Write ``handle``'s model as ONNX for ``target`` with dynamic batch and sequence axes."""
+    if target not in TARGETS:
+        raise CompressorError(f"unknown export target '{target}'; choose one of: {', '.join(TARGETS)}")
+    output = Path(output)
+    input_names = handle.adapter.input_names(handle.tokenizer)
+    output_names = list(handle.adapter.output_names)
+    dummy = handle.adapter.dummy_inputs(handle.tokenizer)
+    axes = {name: {0: "batch", 1: "sequence"} for name in (*input_names, *output_names)}
+    layers = [m for m in handle.model.modules() if isinstance(m, Int8Linear)]
+    for layer in layers:
+        layer.export_fn = _int8_export_fn(target)
+    attention = _set_attention(handle.model, "eager")  # plain MatMul/Softmax: no mask-fixing Where ops
+    try:
+        with atomic_file(output, overwrite) as scratch, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                _Graph(handle, input_names).eval(),
+                tuple(dummy[name] for name in input_names),
+                str(scratch),
+                input_names=list(input_names),
+                output_names=output_names,
+                dynamic_axes=axes,
+                opset_version=OPSET,
+                do_constant_folding=True,
+                custom_opsets={"com.microsoft": 1} if layers and target == "onnxruntime" else None,
+                dynamo=False,
+            )
+            graph = onnx.load(str(scratch))
+            if target == "onnxruntime":
+                fuse_bias_into_integer_matmul(graph)
+            graph.producer_name = "compressor"
+            graph.doc_string = f"target={target}"
+            onnx.checker.check_model(graph)
+            onnx.save(graph, str(scratch))
+    finally:
+        for layer in layers:
+            layer.export_fn = None
+        _set_attention(handle.model, attention)
+    return output
+
+
+def _set_attention(model: nn.Module, implementation: str | None) -> str | None:
+    previous = getattr(model.config, "_attn_implementation", None)
+    if implementation and previous and hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(implementation)
+    return previous
+
+
+def fuse_bias_into_integer_matmul(model: onnx.ModelProto) -> None:
+    """MatMulIntegerToFloat → Add(bias) becomes one MatMulIntegerToFloat with its bias input.
+
+    The exporter cannot leave the optional b_zero_point input empty, so the fusion happens here.
+    """
+    graph = model.graph
+    constants = {init.name for init in graph.initializer}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    removed = []
+    for node in graph.node:
+        if node.op_type != "MatMulIntegerToFloat" or len(node.input) != 5:
+            continue
+        users = consumers.get(node.output[0], [])
+        if len(users) != 1 or users[0].op_type != "Add":
+            continue
+        add = users[0]
+        bias = [name for name in add.input if name != node.output[0]]
+        if len(bias) != 1 or bias[0] not in constants:
+            continue
+        node.input.extend(["", bias[0]])
+        node.output[0] = add.output[0]
+        removed.append(add)
+    for add in removed:
+        graph.node.remove(add)
+
+
+def onnx_session(path: str | Path, threads: int = 2):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
