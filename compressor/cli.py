@@ -35,6 +35,15 @@ def plan_table(record: dict) -> str:
         lines.append(f"{layer['name']:<44} {layer['format']:<6} {layer['input_amax']:>10.3f} {alpha:>5}  {layer['note']}")
     int8 = sum(layer["format"] == "int8" for layer in record["layers"])
     lines.append(f"{int8}/{len(record['layers'])} layers in W8A8")
+    errors = record.get("output_error")
+    if errors:
+        before, after = errors["output_error_quantized"], errors["output_error_final"]
+        if record["fallback"]:
+            lines.append(f"fallback: relative output error {before:.2%} with every layer INT8, {after:.2%} with "
+                         f"{len(record['fallback'])} layer(s) in float (tolerance {errors['tolerance']:.2%})")
+        else:
+            lines.append(f"fallback: none needed, relative output error {before:.2%} "
+                         f"(tolerance {errors['tolerance']:.2%})")
     return "\n".join(lines)
 
 

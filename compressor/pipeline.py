@@ -30,13 +30,15 @@ def compress_model(handle: ModelHandle, sentences: list[str], recipe: Recipe) ->
         references = [handle.adapter.forward(handle.model, b) for b in sensitivity_batches]
     originals = {name: handle.model.get_submodule(name) for name in handle.adapter.quantizable_layers(handle.model)}
     plan = quantize_w8a8(handle, calib, recipe)
-    fallback = apply_fallback(
-        handle, originals, sensitivity_batches, references, plan, recipe.fallback_max_layers, recipe.fallback_min_gain
+    fallback, errors = apply_fallback(
+        handle, originals, sensitivity_batches, references, plan,
+        recipe.fallback_max_layers, recipe.fallback_min_gain, recipe.fallback_tolerance,
     )
     return {
         "recipe": recipe.to_dict(),
         "layers": [layer.to_dict() for layer in plan.layers],
         "fallback": fallback,
+        "output_error": errors,
         "seconds": round(time.perf_counter() - started, 2),
     }
 

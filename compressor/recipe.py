@@ -17,7 +17,8 @@ class Recipe:
     Weights: INT8 symmetric per output channel. Inputs: INT8 symmetric per tensor, static scales
     from calibration with ``observer``. ``smoothquant`` searches a migration strength per layer
     over ``alphas``. The fallback keeps at most ``fallback_max_layers`` layers in float, and only
-    those whose float copy removes at least ``fallback_min_gain`` of the model's output error.
+    those whose float copy removes at least ``fallback_min_gain`` of the model's output error, and
+    none when the quantized model's relative output error is within ``fallback_tolerance``.
     """
 
     name: str = "int8"
@@ -28,6 +29,7 @@ class Recipe:
     search_tokens: int = 4096
     fallback_max_layers: int = 2
     fallback_min_gain: float = 0.05
+    fallback_tolerance: float = 0.01
     sensitivity_samples: int = 64
     calib_samples: int = 256
     batch_size: int = 32
@@ -61,6 +63,8 @@ class Recipe:
                 raise CompressorError(f"recipe field '{name}': must be at least 1, got {getattr(self, name)}")
         if self.fallback_max_layers < 0:
             raise CompressorError(f"recipe field 'fallback_max_layers': must be >= 0, got {self.fallback_max_layers}")
+        if self.fallback_tolerance < 0:
+            raise CompressorError(f"recipe field 'fallback_tolerance': must be >= 0, got {self.fallback_tolerance}")
         if not 0 <= self.fallback_min_gain <= 1:
             raise CompressorError(f"recipe field 'fallback_min_gain': {self.fallback_min_gain} is not in [0, 1]")
 

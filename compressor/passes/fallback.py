@@ -28,14 +28,18 @@ def apply_fallback(
     plan: QuantizationPlan,
     max_layers: int,
     min_gain: float,
-) -> list[str]:
+    tolerance: float = 0.0,
+) -> tuple[list[str], dict]:
     """Score every quantized layer by the share of output error that keeping it in float removes;
-    restore the top ``max_layers`` whose share is at least ``min_gain``. Returns their names."""
+    restore the top ``max_layers`` whose share is at least ``min_gain``. Nothing is restored when
+    the fully quantized model's relative output error is already within ``tolerance``: a float layer
+    costs latency. Returns the restored names and the output errors before and after."""
     records = plan.by_name()
     quantized = [r.name for r in plan.layers if r.format == "int8"]
-    if max_layers == 0 or not quantized:
-        return []
-    total = output_error(handle, batches, references)
+    total = output_error(handle, batches, references) if quantized else 0.0
+    errors = {"output_error_quantized": total, "output_error_final": total, "tolerance": tolerance}
+    if max_layers == 0 or not quantized or total <= tolerance:
+        return [], errors
     for name in tqdm(quantized, desc="sensitivity", unit="layer", leave=False):
         int8_module = handle.model.get_submodule(name)
         set_module(handle.model, name, originals[name])
@@ -49,4 +53,6 @@ def apply_fallback(
         records[name].note = (
             f"kept in float: its INT8 version caused {100 * records[name].fallback_gain:.1f}% of the output error"
         )
-    return chosen
+    if chosen:
+        errors["output_error_final"] = output_error(handle, batches, references)
+    return chosen, errors

@@ -1,0 +1,134 @@
+"""W8A8 on all-MiniLM-L6-v2: STS-B dev accuracy, ONNX parity, ONNX Runtime latency, compress time.
+
+    python benchmarks/w8a8_minilm.py [--stsb ../shared/data/stsb/sts-dev.csv] [--repeats 30]
+
+Measures, in one run on this machine:
+  * Spearman x100 on STS-B dev of FP32, of W8A8 (PyTorch), and of the tensorrt- and
+    onnxruntime-target ONNX exports run in ONNX Runtime;
+  * the same for ablations (plain max calibration; no SmoothQuant; no fallback);
+  * latency of the onnxruntime-target ONNX against the FP32 ONNX, batch 32, length 128, 2 threads,
+    median of interleaved runs after warm-up;
+  * wall time of `compressor compress` on 256 calibration sentences (the CLI, model load included).
+Writes benchmarks/results/w8a8_minilm.json and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from calibrators.data import read_sentence_pairs, read_sentences, sample_sentences  # noqa: E402
+from compressor.evaluation.metrics import sts_spearman  # noqa: E402
+from compressor.evaluation.onnx_runner import latency_feeds, median_latencies, onnx_embed  # noqa: E402
+from compressor.model import default_model_dir, load_model  # noqa: E402
+from compressor.pipeline import compress_model  # noqa: E402
+from compressor.recipe import Recipe  # noqa: E402
+from exporters.onnx_export import export_onnx, onnx_session  # noqa: E402
+
+ABLATIONS = {
+    "int8 (default: percentile 99.99 + SmoothQuant, fallback only above 1% output error)": {},
+    "int8 + forced fallback (2 most sensitive layers in float)": {"fallback_tolerance": 0.0},
+    "int8, no SmoothQuant, no fallback": {"smoothquant": False, "fallback_max_layers": 0},
+    "int8-minmax (max calibration only)": {"observer": "max", "smoothquant": False, "fallback_max_layers": 0},
+    "int8, MSE observer + SmoothQuant": {"observer": "mse"},
+    "int8, entropy observer + SmoothQuant": {"observer": "entropy"},
+}
+
+
+def torch_spearman(handle, pairs) -> float:
+    return sts_spearman(handle.embed(pairs.first).numpy(), handle.embed(pairs.second).numpy(), pairs.scores)
+
+
+def onnx_spearman(path, handle, pairs) -> float:
+    session = onnx_session(path)
+    return sts_spearman(onnx_embed(session, handle, pairs.first), onnx_embed(session, handle, pairs.second), pairs.scores)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--stsb", default=str(ROOT.parent / "shared" / "data" / "stsb" / "sts-dev.csv"))
+    parser.add_argument("--calib-samples", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "w8a8_minilm.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    pairs = read_sentence_pairs(args.stsb)
+    calib = sample_sentences(read_sentences(args.stsb), args.calib_samples)
+    results: dict = {"model": "all-MiniLM-L6-v2", "eval": "STS-B dev (1500 pairs)", "calib_samples": len(calib)}
+
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        calib_file = scratch / "calib.txt"
+        calib_file.write_text("\n".join(calib) + "\n", encoding="utf-8")
+
+        # Wall time of the command a user runs, model load and checkpoint write included.
+        start = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "compressor", "compress", str(default_model_dir()), "--recipe", "int8",
+             "--calib-data", str(calib_file), "--output", str(scratch / "int8")],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        results["compress_cli_seconds"] = round(time.perf_counter() - start, 1)
+
+        fp32 = load_model(default_model_dir())
+        results["fp32_spearman"] = torch_spearman(fp32, pairs)
+        export_onnx(fp32, scratch / "fp32.onnx", "onnxruntime")
+        results["fp32_onnx_spearman"] = onnx_spearman(scratch / "fp32.onnx", fp32, pairs)
+
+        rows = []
+        for name, overrides in ABLATIONS.items():
+            handle = load_model(default_model_dir())
+            record = compress_model(handle, calib, Recipe.from_dict(overrides))
+            row = {
+                "recipe": name,
+                "float_layers": [layer["name"] for layer in record["layers"] if layer["format"] != "int8"],
+                "smoothed_layers": sum(layer["smoothing_alpha"] is not None for layer in record["layers"]),
+                "compress_seconds": record["seconds"],
+                "spearman_torch": torch_spearman(handle, pairs),
+            }
+            if not rows:  # the default recipe: both ONNX targets, and latency
+                for target in ("tensorrt", "onnxruntime"):
+                    path = export_onnx(handle, scratch / f"int8_{target}.onnx", target)
+                    row[f"spearman_onnx_{target}"] = onnx_spearman(path, handle, pairs)
+                sessions = {
+                    "fp32": onnx_session(scratch / "fp32.onnx"),
+                    "int8_onnxruntime": onnx_session(scratch / "int8_onnxruntime.onnx"),
+                    "int8_tensorrt_qdq": onnx_session(scratch / "int8_tensorrt.onnx"),
+                }
+                feeds = latency_feeds([i.name for i in sessions["fp32"].get_inputs()], 32, 128)
+                latency = median_latencies(sessions, feeds, repeats=args.repeats)
+                results["latency"] = {
+                    "setup": "ONNX Runtime CPU, batch 32, length 128, 2 threads, median of "
+                    f"{args.repeats} interleaved runs after 3 warm-ups",
+                    "ms": {k: round(v * 1000, 1) for k, v in latency.items()},
+                    "ratio_to_fp32": {k: round(v / latency["fp32"], 3) for k, v in latency.items()},
+                }
+            row["delta_torch"] = row["spearman_torch"] - results["fp32_spearman"]
+            rows.append(row)
+            print(f"{name}: {row['spearman_torch']:.3f} ({row['delta_torch']:+.3f})", flush=True)
+        results["recipes"] = rows
+
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(results, indent=2), encoding="utf-8")
+    print(f"\nFP32: {results['fp32_spearman']:.3f} (PyTorch), {results['fp32_onnx_spearman']:.3f} (ONNX Runtime)")
+    print("| recipe | float layers | Spearman | Δ FP32 |\n|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['recipe']} | {len(row['float_layers'])} | {row['spearman_torch']:.3f} | {row['delta_torch']:+.3f} |")
+    default = rows[0]
+    print(f"\ndefault int8, tensorrt-target ONNX in ONNX Runtime: {default['spearman_onnx_tensorrt']:.3f}; "
+          f"onnxruntime-target: {default['spearman_onnx_onnxruntime']:.3f}")
+    print(f"latency ({results['latency']['setup']}): {results['latency']['ratio_to_fp32']}")
+    print(f"compressor compress wall time ({len(calib)} sentences): {results['compress_cli_seconds']} s")
+
+
+if __name__ == "__main__":
+    main()
