@@ -1,0 +1,81 @@
+"""Shared fixtures: the real all-MiniLM-L6-v2 checkpoint, the packaged calibration sentences and one
+compressed checkpoint built once per test session (the slow part of the suite)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+from compressor.data import default_calibration_file  # noqa: E402
+from compressor.model import default_model_dir, load_model  # noqa: E402
+from compressor.recipe import Recipe  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+STS_DEV = SHARED_DATA / "stsb" / "sts-dev.csv"
+
+# Small enough to keep the session fast, large enough to exercise every pass (smoothing search,
+# percentile calibration, sensitivity fallback).
+TEST_RECIPE = dict(calib_samples=48, sensitivity_samples=16, search_tokens=1024)
+
+
+def make_recipe() -> Recipe:
+    return Recipe(**TEST_RECIPE)
+
+
+@pytest.fixture(scope="session")
+def recipe() -> Recipe:
+    """The recipe the session's compressed checkpoint was made with."""
+    return make_recipe()
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    return default_model_dir()
+
+
+@pytest.fixture(scope="session")
+def calib_file() -> Path:
+    return default_calibration_file()
+
+
+@pytest.fixture(scope="session")
+def packaged_sentences(calib_file) -> list[str]:
+    return [line.strip() for line in calib_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def sts_dev() -> Path:
+    if not STS_DEV.is_file():
+        pytest.skip(f"shared STS-B dev data not found at {STS_DEV}")
+    return STS_DEV
+
+
+@pytest.fixture(scope="session")
+def _compressed(minilm_dir, calib_file, tmp_path_factory):
+    """Run the whole pipeline once: (output directory, the handle compress() returned)."""
+    from compressor.pipeline import compress
+
+    output = tmp_path_factory.mktemp("compressed") / "minilm-int8"
+    handle = compress(minilm_dir, make_recipe(), calib_file, output)
+    return output, handle
+
+
+@pytest.fixture(scope="session")
+def compressed_dir(_compressed) -> Path:
+    return _compressed[0]
+
+
+@pytest.fixture(scope="session")
+def compressed_handle(_compressed):
+    """The in-memory W8A8 model compress() produced (do not mutate)."""
+    return _compressed[1]
+
+
+@pytest.fixture(scope="session")
+def fp32_handle(minilm_dir):
+    """The original FP32 model, loaded once (do not mutate)."""
+    return load_model(minilm_dir)
