@@ -5,7 +5,6 @@ import json
 import tempfile
 from pathlib import Path
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from calibrators.data import read_sentence_pairs, read_sentences

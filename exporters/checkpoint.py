@@ -6,7 +6,6 @@ import json
 import warnings
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file, save_file
 
 from compressor.errors import CompressorError

@@ -1,0 +1,212 @@
+"""compressor.cli: exit codes, one-line errors, compare reports, compress --overwrite."""
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from compressor.cli import main
+
+COMPRESSOR = Path(sys.executable).parent / "compressor"
+
+
+def error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("compressor: error:")]
+
+
+def assert_one_line_error(capsys, *fragments):
+    err = capsys.readouterr().err
+    lines = error_lines(err)
+    assert len(lines) == 1, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def test_unknown_preset(capsys, minilm_dir, calib_file, tmp_path):
+    out = tmp_path / "out"
+    code = main(["compress", str(minilm_dir), "--recipe", "int3", "--calib-data", str(calib_file), "--output", str(out)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [err.strip()]  # exactly one line on stderr
+    assert err.startswith("compressor: error:") and "'int3'" in err
+    assert not out.exists()
+
+
+def test_unknown_preset_exit_code_from_installed_script(minilm_dir, calib_file, tmp_path):
+    assert COMPRESSOR.is_file(), f"console script not installed at {COMPRESSOR}"
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [str(COMPRESSOR), "compress", str(minilm_dir), "--recipe", "int3", "--calib-data", str(calib_file),
+         "--output", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "unknown recipe preset 'int3'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_yaml_recipe_with_unknown_field(capsys, minilm_dir, calib_file, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("calib_samples: 8\nsmooth_quant: false\n")
+    code = main(["compress", str(minilm_dir), "--recipe", str(recipe), "--calib-data", str(calib_file),
+                 "--output", str(tmp_path / "out")])
+    assert code == 2
+    assert_one_line_error(capsys, "unknown recipe field 'smooth_quant'")
+    assert not (tmp_path / "out").exists()
+
+
+def test_nonexistent_model_dir(capsys, calib_file, tmp_path):
+    code = main(["compress", str(tmp_path / "nope"), "--calib-data", str(calib_file), "--output", str(tmp_path / "out")])
+    assert code == 2
+    assert_one_line_error(capsys, "checkpoint not found", "nope")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_existing_output_without_overwrite(capsys, minilm_dir, calib_file, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("keep")
+    code = main(["compress", str(minilm_dir), "--calib-data", str(calib_file), "--output", str(out)])
+    assert code == 2
+    assert_one_line_error(capsys, "already exists", "--overwrite")
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_compare_missing_eval_data(capsys, minilm_dir, compressed_dir, tmp_path):
+    code = main(["compare", str(minilm_dir), str(compressed_dir), "--eval-data", str(tmp_path / "missing.tsv"),
+                 "--report", str(tmp_path / "report")])
+    assert code == 2
+    assert_one_line_error(capsys, "data file not found", "missing.tsv")
+    assert not (tmp_path / "report").exists()
+
+
+def test_compare_rejects_uncompressed_dir(capsys, minilm_dir, calib_file, tmp_path):
+    code = main(["compare", str(minilm_dir), str(minilm_dir), "--eval-data", str(calib_file),
+                 "--report", str(tmp_path / "report")])
+    assert code == 2
+    assert_one_line_error(capsys, "is not a compressed checkpoint")
+
+
+def test_export_unknown_target_is_an_argparse_error(capsys, minilm_dir, tmp_path):
+    with pytest.raises(SystemExit) as info:
+        main(["export", str(minilm_dir), "--target", "coreml", "--output", str(tmp_path / "m.onnx")])
+    assert info.value.code == 2
+    assert "invalid choice: 'coreml'" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_onnx_via_cli(capsys, compressed_dir, tmp_path):
+    import onnx
+
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(compressed_dir), "--target", "tensorrt", "--output", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    # second time without --overwrite: refused, file untouched
+    before = out.read_bytes()
+    assert main(["export", str(compressed_dir), "--output", str(out)]) == 2
+    assert_one_line_error(capsys, "already exists")
+    assert out.read_bytes() == before
+
+
+def test_export_tensorrt_engine_without_tensorrt(capsys, compressed_dir, tmp_path):
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("TensorRT is installed here")
+    out = tmp_path / "model.engine"
+    assert main(["export", str(compressed_dir), "--format", "tensorrt", "--output", str(out)]) == 2
+    assert_one_line_error(capsys, "TensorRT is not installed")
+    assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_sts(packaged_sentences, tmp_path_factory):
+    """20 labelled pairs in the 'sentence1<TAB>sentence2<TAB>score' layout."""
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("eval") / "tiny-sts.tsv"
+    rows = []
+    for i in range(20):
+        a, b = packaged_sentences[2 * i], packaged_sentences[2 * i + 1]
+        rows.append(f"{a}\t{b if i % 3 else a}\t{rng.uniform(0, 5):.2f}")
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def test_compare_writes_report(capsys, minilm_dir, compressed_dir, tiny_sts, tmp_path):
+    report_dir = tmp_path / "report"
+    code = main(["compare", str(minilm_dir), str(compressed_dir), "--eval-data", str(tiny_sts),
+                 "--report", str(report_dir), "--repeats", "2", "--batch", "4", "--length", "32"])
+    assert code == 0
+    assert "wrote" in capsys.readouterr().out
+    assert sorted(p.name for p in report_dir.iterdir()) == ["report.json", "report.md", "report.png"]
+    assert not any(".partial" in p.name for p in tmp_path.iterdir())
+
+    report = json.loads((report_dir / "report.json").read_text())
+    assert report["fidelity_sentences"] == 40
+    assert report["task"] is not None
+    assert report["latency_setup"]["batch"] == 4 and report["latency_setup"]["length"] == 32
+    assert report["latency_setup"]["repeats"] == 2
+    rows = {row["model"]: row for row in report["models"]}
+    assert list(rows) == ["original", compressed_dir.name]
+    original, compressed = rows["original"], rows[compressed_dir.name]
+    assert original["recipe"] == "fp32" and original["int8_layers"] == 0
+    assert compressed["recipe"] == "int8" and compressed["int8_layers"] >= 34
+    for row in rows.values():
+        assert -100 <= row["spearman"] <= 100
+        assert row["latency_ms"] > 0 and row["latency_ratio"] > 0
+        assert row["weights_bytes"] > 0 and row["onnx_bytes"] > 0
+    assert original["latency_ratio"] == 1.0 and original["size_ratio"] == 1.0
+    assert original["spearman_delta"] == 0.0
+    assert original["cosine_mean"] == pytest.approx(1.0, abs=1e-6)
+    assert 0.99 < compressed["cosine_mean"] < 1.0
+    assert compressed["cosine_min"] <= compressed["cosine_mean"]
+    assert compressed["size_ratio"] < 0.75
+    assert compressed["spearman_delta"] == pytest.approx(compressed["spearman"] - original["spearman"])
+
+    md = (report_dir / "report.md").read_text()
+    assert md.startswith("| model | recipe | Spearman |")
+    assert f"| {compressed_dir.name} | int8 |" in md
+    png = (report_dir / "report.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
+
+
+def test_compare_fidelity_only_on_plain_sentences(minilm_dir, compressed_dir, packaged_sentences, tmp_path):
+    plain = tmp_path / "plain.txt"
+    plain.write_text("\n".join(packaged_sentences[:12]) + "\n")
+    report_dir = tmp_path / "report"
+    assert main(["compare", str(minilm_dir), str(compressed_dir), "--eval-data", str(plain),
+                 "--report", str(report_dir), "--repeats", "1", "--batch", "2", "--length", "16"]) == 0
+    report = json.loads((report_dir / "report.json").read_text())
+    assert report["task"] is None and report["fidelity_sentences"] == 12
+    assert all("spearman" not in row for row in report["models"])
+    assert "Spearman" not in (report_dir / "report.md").read_text()
+    assert (report_dir / "report.png").stat().st_size > 0
+
+
+def test_compress_overwrite_replaces_directory(capsys, minilm_dir, calib_file, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+    code = main(["compress", str(minilm_dir), "--recipe", "int8-minmax", "--num-samples", "8",
+                 "--calib-data", str(calib_file), "--output", str(out), "--overwrite"])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "36/36 layers in W8A8" in captured.out and f"wrote {out}" in captured.out
+    names = {p.name for p in out.iterdir()}
+    assert "stale.txt" not in names
+    assert {"model.safetensors", "compression.json", "README.md", "config.json"} <= names
+    record = json.loads((out / "compression.json").read_text())
+    assert record["recipe"]["name"] == "int8-minmax" and record["recipe"]["calib_samples"] == 8
+    assert record["calibration"]["samples"] == 8
+    assert record["fallback"] == []
+    assert all(layer["smoothing_alpha"] is None for layer in record["layers"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no partial or old copies left
