@@ -20,7 +20,8 @@ class SentencePairs:
     scores: list[float]
 
 
-def _read_lines(path: str | Path) -> list[str]:
+def _read_numbered_lines(path: str | Path) -> list[tuple[int, str]]:
+    """Non-blank lines with their 1-based physical line numbers (for error messages)."""
     path = Path(path)
     if not path.is_file():
         raise CompressorError(f"data file not found: {path}")
@@ -28,11 +29,14 @@ def _read_lines(path: str | Path) -> list[str]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise CompressorError(f"cannot read data file {path}: {exc}") from exc
-    lines = [line.rstrip("\r\n") for line in text.splitlines()]
-    lines = [line for line in lines if line.strip()]
+    lines = [(n, line.rstrip("\r\n")) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
     if not lines:
         raise CompressorError(f"data file is empty: {path}")
     return lines
+
+
+def _read_lines(path: str | Path) -> list[str]:
+    return [line for _, line in _read_numbered_lines(path)]
 
 
 def _is_sts_row(fields: list[str]) -> bool:
@@ -63,9 +67,8 @@ def read_sentences(path: str | Path) -> list[str]:
 
 def read_sentence_pairs(path: str | Path) -> SentencePairs:
     """STS-style labelled pairs: the STS Benchmark layout, or three columns ``sentence1, sentence2, score``."""
-    lines = _read_lines(path)
     first, second, scores = [], [], []
-    for number, line in enumerate(lines, start=1):
+    for number, line in _read_numbered_lines(path):
         fields = line.split("\t")
         if _is_sts_row(fields):
             a, b, score = fields[5], fields[6], fields[4]

@@ -199,11 +199,6 @@ def test_wrong_column_count_names_the_line(tmp_path):
         read_sentence_pairs(path)
 
 
-@pytest.mark.xfail(
-    reason="calibrators/data.py: read_sentence_pairs numbers lines after _read_lines drops blank lines, "
-    "so path:N points at the wrong physical line when the file has blank lines",
-    strict=True,
-)
 def test_line_number_counts_blank_lines(tmp_path):
     path = write(tmp_path, "pairs.tsv", "A.\tB.\t1.0\n\nC.\tD.\thigh\n")
     with pytest.raises(CompressorError, match=rf"{path.name}:3:"):
