@@ -5,7 +5,8 @@
 Measures, in one run on this machine:
   * Spearman x100 on STS-B dev of FP32, of W8A8 (PyTorch), and of the tensorrt- and
     onnxruntime-target ONNX exports run in ONNX Runtime;
-  * the same for ablations (plain max calibration; no SmoothQuant; no fallback);
+  * the same in PyTorch for ablations (forced fallback; no SmoothQuant; max calibration; MSE and
+    entropy observers);
   * latency of the onnxruntime-target ONNX against the FP32 ONNX, batch 32, length 128, 2 threads,
     median of interleaved runs after warm-up;
   * wall time of `compressor compress` on 256 calibration sentences (the CLI, model load included).

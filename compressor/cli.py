@@ -41,9 +41,12 @@ def plan_table(record: dict) -> str:
         if record["fallback"]:
             lines.append(f"fallback: relative output error {before:.2%} with every layer INT8, {after:.2%} with "
                          f"{len(record['fallback'])} layer(s) in float (tolerance {errors['tolerance']:.2%})")
-        else:
+        elif before <= errors["tolerance"]:
             lines.append(f"fallback: none needed, relative output error {before:.2%} "
                          f"(tolerance {errors['tolerance']:.2%})")
+        else:
+            lines.append(f"fallback: none applied (disabled, or no layer removed enough error); relative output "
+                         f"error {before:.2%} is above the tolerance {errors['tolerance']:.2%}")
     return "\n".join(lines)
 
 

@@ -210,3 +210,17 @@ def test_compress_overwrite_replaces_directory(capsys, minilm_dir, calib_file, t
     assert record["fallback"] == []
     assert all(layer["smoothing_alpha"] is None for layer in record["layers"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no partial or old copies left
+
+
+def test_plan_table_says_why_no_fallback():
+    from compressor.cli import plan_table
+
+    layer = {"name": "l", "format": "int8", "input_amax": 1.0, "smoothing_alpha": None, "note": ""}
+    record = {"layers": [layer], "fallback": [],
+              "output_error": {"output_error_quantized": 0.005, "output_error_final": 0.005, "tolerance": 0.01}}
+    assert "none needed" in plan_table(record)
+    record["output_error"]["output_error_quantized"] = 0.05
+    assert "above the tolerance" in plan_table(record)
+    record["fallback"] = ["l"]
+    record["output_error"]["output_error_final"] = 0.02
+    assert "with 1 layer(s) in float" in plan_table(record)
