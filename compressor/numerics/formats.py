@@ -1,0 +1,215 @@
+"""Weight formats behind one small interface, and the per-layer schemes built from them.
+
+A weight format turns a float [out, in] weight into the tensors stored on disk and back. It also
+exposes its scales group by group (``group_size`` consecutive input columns share one scale), which
+is what error-compensating rounding needs: it fixes a group's scales, then rounds column by column.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from compressor.numerics.fp4 import round_to_e2m1
+from compressor.numerics.fp8 import E4M3_MAX, decode_e8m0, dequantize_fp8, encode_e8m0, quantize_fp8, to_e4m3
+from compressor.numerics.int4 import dequantize_int4, int4_scales, quantize_int4
+from compressor.numerics.int8 import INT8_MAX, INT8_MIN, dequantize_int8, int8_scale, quantize_int8
+from compressor.numerics.mxfp4 import MXFP4_BLOCK, dequantize_mxfp4, mxfp4_exponents, quantize_mxfp4
+from compressor.numerics.nvfp4 import NVFP4_BLOCK, dequantize_nvfp4, nvfp4_block_scales, nvfp4_tensor_scale, quantize_nvfp4
+
+Tensors = dict[str, torch.Tensor]
+
+
+class WeightFormat:
+    name: str
+    group_size: int | None = None  # None: one scale per output row
+
+    def bits_per_weight(self, in_features: int) -> float:
+        raise NotImplementedError
+
+    def shared_scales(self, w: torch.Tensor) -> Tensors:
+        """Scales that belong to the whole tensor (NVFP4's FP32 tensor scale); most formats have none."""
+        return {}
+
+    def group_scales(self, w_group: torch.Tensor, shared: Tensors) -> Tensors:
+        """Scales of one column group [out, g] as [out, 1] tensors."""
+        raise NotImplementedError
+
+    def fake_quantize(self, w: torch.Tensor, scales: Tensors) -> torch.Tensor:
+        """Round columns ``w`` [out, c] onto the grid that ``scales`` ([out, 1] and shared) define."""
+        raise NotImplementedError
+
+    def quantize(self, w: torch.Tensor, scales: Tensors | None = None) -> Tensors:
+        raise NotImplementedError
+
+    def dequantize(self, t: Tensors) -> torch.Tensor:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"weight_format": self.name}
+
+
+class Int8Weight(WeightFormat):
+    name = "int8"
+
+    def bits_per_weight(self, in_features: int) -> float:
+        return 8 + 32 / in_features
+
+    def group_scales(self, w_group, shared):
+        return {"scale": int8_scale(w_group.abs().amax(dim=1, keepdim=True))}
+
+    def fake_quantize(self, w, scales):
+        return torch.round(w / scales["scale"]).clamp(INT8_MIN, INT8_MAX) * scales["scale"]
+
+    def quantize(self, w, scales=None):
+        scale = (scales or self.group_scales(w, {}))["scale"].reshape(-1)
+        return {"weight": quantize_int8(w, scale, axis=0), "scale": scale}
+
+    def dequantize(self, t):
+        return dequantize_int8(t["weight"], t["scale"], axis=0)
+
+
+class Fp8Weight(WeightFormat):
+    name = "fp8"
+
+    def bits_per_weight(self, in_features: int) -> float:
+        return 8 + 32 / in_features
+
+    def group_scales(self, w_group, shared):
+        amax = w_group.abs().amax(dim=1, keepdim=True)
+        return {"scale": torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))}
+
+    def fake_quantize(self, w, scales):
+        return to_e4m3(w / scales["scale"]).float() * scales["scale"]
+
+    def quantize(self, w, scales=None):
+        if scales is None:
+            q, scale = quantize_fp8(w, axis=0)
+            return {"weight": q, "scale": scale}
+        scale = scales["scale"].reshape(-1)
+        return {"weight": to_e4m3(w / scale[:, None]), "scale": scale}
+
+    def dequantize(self, t):
+        return dequantize_fp8(t["weight"], t["scale"], axis=0)
+
+
+@dataclass
+class Int4Weight(WeightFormat):
+    group_size: int = 128
+    symmetric: bool = True
+    name = "int4"
+
+    def bits_per_weight(self, in_features: int) -> float:
+        return 4 + (32 + (0 if self.symmetric else 8)) / self.group_size
+
+    def group_scales(self, w_group, shared):
+        scale, zero = int4_scales(w_group, w_group.shape[1], self.symmetric)
+        return {"scale": scale, "zero": zero}
+
+    def fake_quantize(self, w, scales):
+        scale, zero = scales["scale"], scales["zero"].float()
+        return ((torch.round(w / scale) + zero).clamp(0, 15) - zero) * scale
+
+    def quantize(self, w, scales=None):
+        if scales is None:
+            return quantize_int4(w, self.group_size, self.symmetric)
+        return quantize_int4(w, self.group_size, self.symmetric, scales["scale"], scales["zero"])
+
+    def dequantize(self, t):
+        return dequantize_int4(t["packed"], t["scale"], t["zero"])
+
+    def describe(self) -> dict:
+        return {"weight_format": self.name, "group_size": self.group_size, "symmetric": self.symmetric}
+
+
+class Nvfp4Weight(WeightFormat):
+    name = "nvfp4"
+    group_size = NVFP4_BLOCK
+
+    def bits_per_weight(self, in_features: int) -> float:
+        return 4 + 8 / NVFP4_BLOCK
+
+    def shared_scales(self, w):
+        return {"tensor_scale": nvfp4_tensor_scale(w.abs().amax())}
+
+    def group_scales(self, w_group, shared):
+        return {"block_scale": nvfp4_block_scales(w_group, shared["tensor_scale"])}
+
+    def fake_quantize(self, w, scales):
+        scale = scales["block_scale"].float() * scales["tensor_scale"]
+        return round_to_e2m1(w / scale) * scale
+
+    def quantize(self, w, scales=None):
+        if scales is None:
+            return quantize_nvfp4(w)
+        return quantize_nvfp4(w, scales["block_scale"], scales["tensor_scale"])
+
+    def dequantize(self, t):
+        return dequantize_nvfp4(t["packed"], t["block_scale"], t["tensor_scale"])
+
+
+class Mxfp4Weight(WeightFormat):
+    name = "mxfp4"
+    group_size = MXFP4_BLOCK
+
+    def bits_per_weight(self, in_features: int) -> float:
+        return 4 + 8 / MXFP4_BLOCK
+
+    def group_scales(self, w_group, shared):
+        return {"scale": encode_e8m0(mxfp4_exponents(w_group))}
+
+    def fake_quantize(self, w, scales):
+        scale = decode_e8m0(scales["scale"])
+        return round_to_e2m1(w / scale) * scale
+
+    def quantize(self, w, scales=None):
+        return quantize_mxfp4(w, None if scales is None else scales["scale"])
+
+    def dequantize(self, t):
+        return dequantize_mxfp4(t["packed"], t["scale"])
+
+
+def make_weight_format(name: str, group_size: int = 128, symmetric: bool = True) -> WeightFormat:
+    if name == "int4":
+        return Int4Weight(group_size, symmetric)
+    formats = {"int8": Int8Weight, "fp8": Fp8Weight, "nvfp4": Nvfp4Weight, "mxfp4": Mxfp4Weight}
+    if name not in formats:
+        raise ValueError(f"unknown weight format {name!r}")
+    return formats[name]()
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """What one Linear layer becomes: a weight format and how its input is quantized.
+
+    activation: 'none' (weight-only), 'int8' / 'fp8' (static per-tensor scale from calibration),
+    'nvfp4' (dynamic E4M3 block scales, static FP32 tensor scale), 'mxfp4' (dynamic E8M0 block scales).
+    """
+
+    name: str
+    weight: str | None  # None: the layer stays in float
+    activation: str
+    description: str
+
+
+SCHEMES: dict[str, Scheme] = {s.name: s for s in [
+    Scheme("int8", "int8", "int8", "W8A8 INT8: per-channel weights, static per-tensor inputs"),
+    Scheme("fp8", "fp8", "fp8", "W8A8 FP8 E4M3: per-channel weights, static per-tensor inputs"),
+    Scheme("nvfp4", "nvfp4", "nvfp4", "W4A4 NVFP4: weights and dynamic block-scaled inputs"),
+    Scheme("mxfp4", "mxfp4", "mxfp4", "W4A4 MXFP4: weights and dynamic block-scaled inputs"),
+    Scheme("w4a16-nvfp4", "nvfp4", "none", "NVFP4 weights, float inputs"),
+    Scheme("w4a16-mxfp4", "mxfp4", "none", "MXFP4 weights, float inputs"),
+    Scheme("w4a16-int4", "int4", "none", "group-wise INT4 weights, float inputs"),
+    Scheme("w8a16-int8", "int8", "none", "per-channel INT8 weights, float inputs"),
+    Scheme("w4a8-int4", "int4", "int8", "group-wise INT4 weights, static per-tensor INT8 inputs"),
+    Scheme("float", None, "none", "kept in 16/32-bit float"),
+]}
+
+ACTIVATION_BLOCK = {"nvfp4": NVFP4_BLOCK, "mxfp4": MXFP4_BLOCK}
+
+
+def scheme_bits(scheme: Scheme, in_features: int, group_size: int = 128, symmetric: bool = True) -> float:
+    """Effective bits per weight with scale overhead; a float layer counts as 16 (its deployed width)."""
+    if scheme.weight is None:
+        return 16.0
+    return make_weight_format(scheme.weight, group_size, symmetric).bits_per_weight(in_features)
