@@ -63,10 +63,10 @@ class Int8Weight(WeightFormat):
 
     def quantize(self, w, scales=None):
         scale = (scales or self.group_scales(w, {}))["scale"].reshape(-1)
-        return {"weight": quantize_int8(w, scale, axis=0), "scale": scale}
+        return {"values": quantize_int8(w, scale, axis=0), "scale": scale}
 
     def dequantize(self, t):
-        return dequantize_int8(t["weight"], t["scale"], axis=0)
+        return dequantize_int8(t["values"], t["scale"], axis=0)
 
 
 class Fp8Weight(WeightFormat):
@@ -85,12 +85,12 @@ class Fp8Weight(WeightFormat):
     def quantize(self, w, scales=None):
         if scales is None:
             q, scale = quantize_fp8(w, axis=0)
-            return {"weight": q, "scale": scale}
+            return {"values": q, "scale": scale}
         scale = scales["scale"].reshape(-1)
-        return {"weight": to_e4m3(w / scale[:, None]), "scale": scale}
+        return {"values": to_e4m3(w / scale[:, None]), "scale": scale}
 
     def dequantize(self, t):
-        return dequantize_fp8(t["weight"], t["scale"], axis=0)
+        return dequantize_fp8(t["values"], t["scale"], axis=0)
 
 
 @dataclass

@@ -1,0 +1,131 @@
+"""A Linear layer with low-precision weights stored as the format's real tensors (packed FP4/INT4
+codes, FP8 values, scales), and its input quantized the way the scheme says.
+
+The float weight is rebuilt once from the stored tensors and cached (the cache is not part of the
+state dict, so checkpoints hold only the packed form). Input quantization uses exportable ops, so
+an ONNX graph that keeps it in float computes the same numbers as PyTorch.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from compressor.numerics.formats import SCHEMES, Scheme, make_weight_format
+from compressor.numerics.fp8 import fake_quantize_fp8
+from compressor.numerics.int8 import fake_quantize_int8
+from compressor.numerics.mxfp4 import fake_quantize_mxfp4
+from compressor.numerics.nvfp4 import fake_quantize_nvfp4
+
+WEIGHT_PREFIX = "weight_"
+
+
+class QuantLinear(nn.Module):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool,
+        scheme: str,
+        smooth: bool = False,
+        group_size: int = 128,
+        symmetric: bool = True,
+    ):
+        super().__init__()
+        self.scheme: Scheme = SCHEMES[scheme]
+        if self.scheme.weight is None:
+            raise ValueError("QuantLinear needs a scheme with a quantized weight")
+        self.in_features, self.out_features = in_features, out_features
+        self.format = make_weight_format(self.scheme.weight, group_size, symmetric)
+        # Shapes and dtypes of the stored tensors: quantize a zero weight.
+        for key, value in self.format.quantize(torch.zeros(out_features, in_features)).items():
+            self.register_buffer(WEIGHT_PREFIX + key, value)
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self.register_buffer("input_smooth", torch.ones(in_features) if smooth else None)
+        has_input_scale = self.scheme.activation in ("int8", "fp8", "nvfp4")
+        self.register_buffer("input_scale", torch.tensor(1.0) if has_input_scale else None)
+        self._weight_cache: torch.Tensor | None = None
+        self.export_fn = None  # set by an exporter while it traces the module
+
+    @classmethod
+    def from_linear(
+        cls,
+        linear: nn.Linear,
+        scheme: str,
+        input_amax: float | None = None,
+        input_smooth: torch.Tensor | None = None,
+        rounded_weight: torch.Tensor | None = None,
+        scales: dict | None = None,
+        group_size: int = 128,
+        symmetric: bool = True,
+    ) -> "QuantLinear":
+        """``rounded_weight``/``scales``: a weight already on the format's grid (error-compensating
+        rounding), stored as is. Otherwise the (smoothed) float weight is rounded to nearest."""
+        layer = cls(
+            linear.in_features, linear.out_features, linear.bias is not None, scheme,
+            input_smooth is not None, group_size, symmetric,
+        )
+        weight = linear.weight.detach().float()
+        if input_smooth is not None:
+            weight = weight / input_smooth
+            layer.input_smooth.copy_(input_smooth)
+        if rounded_weight is not None:
+            weight = rounded_weight
+        for key, value in layer.format.quantize(weight, scales).items():
+            getattr(layer, WEIGHT_PREFIX + key).copy_(value)
+        if layer.input_scale is not None:
+            layer.input_scale.fill_(input_scale_for(layer.scheme.activation, input_amax))
+        if linear.bias is not None:
+            layer.bias.copy_(linear.bias.detach().float())
+        return layer
+
+    def stored_weight(self) -> dict[str, torch.Tensor]:
+        n = len(WEIGHT_PREFIX)
+        return {name[n:]: buf for name, buf in self.named_buffers(recurse=False) if name.startswith(WEIGHT_PREFIX)}
+
+    def dequantized_weight(self) -> torch.Tensor:
+        if self._weight_cache is None:
+            self._weight_cache = self.format.dequantize(self.stored_weight())
+        return self._weight_cache
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._weight_cache = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_smooth is not None:
+            x = x * self.input_smooth
+        return fake_quantize_input(self.scheme.activation, x, self.input_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.export_fn is not None:
+            return self.export_fn(self, x)
+        return nn.functional.linear(self.quantize_input(x), self.dequantized_weight(), self.bias)
+
+    def storage_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.stored_weight().values())
+
+    def extra_repr(self) -> str:
+        smooth = ", smoothed" if self.input_smooth is not None else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self.scheme.name}{smooth}"
+
+
+def input_scale_for(activation: str, amax: float | None) -> float:
+    """The static scale an input format needs from its calibrated range."""
+    if amax is None:
+        raise ValueError(f"{activation} inputs need a calibrated range")
+    amax = max(float(amax), 1e-12)
+    return {"int8": amax / 127.0, "fp8": amax / 448.0, "nvfp4": amax / (6.0 * 448.0)}[activation]
+
+
+def fake_quantize_input(activation: str, x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    if activation == "none":
+        return x
+    if activation == "int8":
+        return fake_quantize_int8(x, scale)
+    if activation == "fp8":
+        return fake_quantize_fp8(x, scale)
+    if activation == "nvfp4":
+        return fake_quantize_nvfp4(x, scale)
+    if activation == "mxfp4":
+        return fake_quantize_mxfp4(x)
+    raise ValueError(f"unknown activation format {activation!r}")
