@@ -8,6 +8,7 @@ from pathlib import Path
 
 from compressor.errors import CompressorError
 from compressor.model import resolve_model_dir
+from compressor.recipe import PRESETS
 
 
 def _compress(args) -> None:
@@ -17,6 +18,11 @@ def _compress(args) -> None:
 
     recipe = load_recipe(args.recipe)
     overrides = {"calib_samples": args.num_samples} if args.num_samples else {}
+    if args.max_bits is not None:
+        overrides["max_bits"] = args.max_bits
+        if not recipe.candidates:
+            raise CompressorError(f"--max-bits needs a recipe that searches per-layer formats (e.g. fp4-int8); "
+                                  f"'{recipe.name}' uses {recipe.scheme} everywhere")
     if overrides:
         recipe = type(recipe).from_dict(overrides, base=recipe)
     calib = args.calib_data
@@ -28,13 +34,36 @@ def _compress(args) -> None:
     print(f"wrote {args.output} in {handle.info['seconds']:.1f} s")
 
 
+def _sensitivity_cell(layer: dict) -> str:
+    sensitivity = layer.get("sensitivity")
+    if not sensitivity:
+        return "-"
+    return " ".join(f"{scheme}={value:.2e}" for scheme, value in sensitivity.items() if scheme != "float")
+
+
 def plan_table(record: dict) -> str:
-    lines = [f"{'layer':<44} {'format':<6} {'input amax':>10} {'alpha':>5}  note"]
+    lines = [f"{'layer':<44} {'format':<12} {'bits':>5} {'input amax':>10} {'alpha':>5}  {'sensitivity':<30} note"]
     for layer in record["layers"]:
         alpha = "-" if layer["smoothing_alpha"] is None else f"{layer['smoothing_alpha']:.2f}"
-        lines.append(f"{layer['name']:<44} {layer['format']:<6} {layer['input_amax']:>10.3f} {alpha:>5}  {layer['note']}")
-    int8 = sum(layer["format"] == "int8" for layer in record["layers"])
-    lines.append(f"{int8}/{len(record['layers'])} layers in W8A8")
+        lines.append(
+            f"{layer['name']:<44} {layer['format']:<12} {layer.get('bits', 0):>5.2f} {layer['input_amax']:>10.3f} "
+            f"{alpha:>5}  {_sensitivity_cell(layer):<30} {layer['note']}"
+        )
+    counts: dict[str, int] = {}
+    for layer in record["layers"]:
+        counts[layer["format"]] = counts.get(layer["format"], 0) + 1
+    summary = ", ".join(f"{n} {scheme}" for scheme, n in counts.items())
+    lines.append(f"{len(record['layers'])} layers: {summary}; "
+                 f"{record.get('bits_per_weight', 0):.3f} effective bits per weight")
+    search = record.get("search")
+    if search:
+        worst = ", ".join(f"{w['name']} ({w['scheme']} {w['sensitivity']:.2e} → {w['chosen']})"
+                          for w in search["most_sensitive"])
+        lines.append(f"search: {' / '.join(search['candidates'])} within {search['max_bits']:g} bits; "
+                     f"most sensitive: {worst}")
+    for table in record.get("embeddings", []):
+        lines.append(f"embedding {table['name']}: {table['format']}, {table['bits']:.2f} bits per value, "
+                     f"relative error {table['error']:.2e}")
     errors = record.get("output_error")
     if errors:
         before, after = errors["output_error_quantized"], errors["output_error_final"]
@@ -84,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compress", help="calibrate and quantize a checkpoint into a compressed checkpoint directory")
     p.add_argument("model_dir", help="Hugging Face checkpoint directory, or 'default' for the embedded all-MiniLM-L6-v2")
-    p.add_argument("--recipe", default="int8", help="preset name (int8, int8-minmax) or a recipe .yaml file")
+    p.add_argument("--recipe", default="int8", help=f"preset name ({', '.join(PRESETS)}) or a recipe .yaml file")
+    p.add_argument("--max-bits", type=float,
+                   help="budget in effective bits per weight for a per-layer format search (fp4-int8 default: 5.0)")
     p.add_argument("--calib-data", help="text file, one sentence per line, or a TSV such as STS-B (default: packaged sentences)")
     p.add_argument("--num-samples", type=int, help="calibration sentences to use (default: the recipe's, 256)")
     p.add_argument("--output", required=True, help="output directory (written atomically)")

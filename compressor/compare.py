@@ -29,12 +29,27 @@ def _eval_sentences(path):
 
 def _describe(handle) -> dict:
     layers = handle.info.get("layers", [])
-    int8 = [layer["name"] for layer in layers if layer["format"] == "int8"]
+    formats: dict[str, int] = {}
+    for layer in layers:
+        formats[layer["format"]] = formats.get(layer["format"], 0) + 1
     return {
         "recipe": handle.info.get("recipe", {}).get("name", "fp32"),
-        "int8_layers": len(int8),
-        "float_layers": [layer["name"] for layer in layers if layer["format"] != "int8"],
+        "bits_per_weight": handle.info.get("bits_per_weight", 32.0),
+        "formats": formats,
+        "int8_layers": formats.get("int8", 0),
+        "float_layers": [layer["name"] for layer in layers if layer["format"] == "float"],
+        "embeddings": [f"{t['name']}: {t['format']}" for t in handle.info.get("embeddings", [])],
     }
+
+
+def _kernels(handle) -> dict[str, int]:
+    """How many layers run on each kind of ONNX Runtime kernel (real low-precision or float)."""
+    from exporters.onnx_export import runtime_kernels
+
+    counts: dict[str, int] = {}
+    for kernel in runtime_kernels(handle, "onnxruntime").values():
+        counts[kernel] = counts.get(kernel, 0) + 1
+    return counts
 
 
 def compare(
@@ -65,7 +80,7 @@ def compare(
             handle = load_any(path)
             onnx_path = export_onnx(handle, Path(scratch) / f"{name}.onnx", "onnxruntime")
             session = sessions[name] = onnx_session(onnx_path, threads)
-            row = {"model": name, "path": str(path), **_describe(handle)}
+            row = {"model": name, "path": str(path), **_describe(handle), "onnxruntime_kernels": _kernels(handle)}
             if pairs is not None:
                 first = onnx_embed(session, handle, pairs.first)
                 second = onnx_embed(session, handle, pairs.second)
@@ -112,11 +127,11 @@ def compare(
 def markdown_table(report: dict) -> str:
     setup = report["latency_setup"]
     has_task = report["task"] is not None
-    head = ["model", "recipe"] + (["Spearman", "Δ"] if has_task else []) + [
+    head = ["model", "recipe", "bits/weight"] + (["Spearman", "Δ"] if has_task else []) + [
         "cos to original", "latency ms", "latency ×", "weights MB", "size ×"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in report["models"]:
-        cells = [row["model"], row["recipe"]]
+        cells = [row["model"], row["recipe"], f"{row['bits_per_weight']:.2f}"]
         if has_task:
             cells += [f"{row['spearman']:.2f}", f"{row['spearman_delta']:+.2f}"]
         cells += [
@@ -132,9 +147,19 @@ def markdown_table(report: dict) -> str:
         f"Accuracy: {report['task'] or 'no labels in the eval data; fidelity only'} on `{report['eval_data']}`, "
         "computed with each model's ONNX export in ONNX Runtime.",
         f"Latency: {setup['runtime']}, batch {setup['batch']}, length {setup['length']}, {setup['threads']} threads, "
-        f"{setup['statistic']}, {setup['repeats']} runs. INT8 layers run as integer GEMMs (MatMulIntegerToFloat).",
-        "Size: bytes of the weight files in each checkpoint directory.",
+        f"{setup['statistic']}, {setup['repeats']} runs.",
+        "Size: bytes of the weight files in each checkpoint directory; bits/weight: effective bits per Linear "
+        "weight with scales (a float layer counts 16, the original 32).",
+        "",
+        "Which ONNX Runtime kernels the latency comes from (layers per kernel): real low-precision kernels are "
+        "MatMulIntegerToFloat (INT8) and MatMulNBits (INT4); FP4 and FP8 weights have no CPU kernel and run as "
+        "float MatMuls on weights dequantized at load, with their input quantization computed in float, so "
+        "their accuracy is exact but their latency is not that of FP4/FP8 hardware.",
+        "",
     ]
+    for row in report["models"]:
+        kernels = "; ".join(f"{count} × {kernel}" for kernel, count in row.get("onnxruntime_kernels", {}).items())
+        notes.append(f"- {row['model']}: {kernels or 'float MatMul everywhere'}")
     return "\n".join(lines + notes) + "\n"
 
 
@@ -146,19 +171,37 @@ def plot_report(report: dict, path: Path) -> None:
 
     rows = report["models"]
     has_task = report["task"] is not None
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for row in rows:
-        y = row["spearman"] if has_task else row["cosine_mean"]
-        ax.scatter(row["latency_ratio"], y, s=40)
-        ax.annotate(row["model"], (row["latency_ratio"], y), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    ax.set_xlabel(f"latency vs original (batch {report['latency_setup']['batch']}, "
-                  f"length {report['latency_setup']['length']}, ONNX Runtime CPU)")
-    ax.set_ylabel("STS Spearman ×100" if has_task else "cosine to original")
-    ax.set_title("accuracy against latency")
-    ax.grid(alpha=0.3)
+    accuracy = [row["spearman"] if has_task else row["cosine_mean"] for row in rows]
+    fig, (size_ax, latency_ax) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
+    for ax, key in ((size_ax, "weights_bytes"), (latency_ax, "latency_ratio")):
+        xs = [row[key] / 1e6 if key == "weights_bytes" else row[key] for row in rows]
+        for row, x, y in zip(rows, xs, accuracy):
+            ax.scatter(x, y, s=40)
+            ax.annotate(row["model"], (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        frontier = pareto_frontier(xs, accuracy)
+        ax.plot([xs[i] for i in frontier], [accuracy[i] for i in frontier], "--", color="gray", lw=1, label="frontier")
+        ax.set_ylabel("STS Spearman ×100" if has_task else "cosine to original")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+    size_ax.set_xlabel("weights on disk (MB)")
+    size_ax.set_title("accuracy against size")
+    latency_ax.set_xlabel(f"latency vs original (batch {report['latency_setup']['batch']}, "
+                          f"length {report['latency_setup']['length']}, ONNX Runtime CPU)")
+    latency_ax.set_title("accuracy against latency")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def pareto_frontier(cost: list[float], accuracy: list[float]) -> list[int]:
+    """Indices of the points no other point beats on both lower cost and higher accuracy, by cost."""
+    order = sorted(range(len(cost)), key=lambda i: (cost[i], -accuracy[i]))
+    frontier, best = [], float("-inf")
+    for i in order:
+        if accuracy[i] > best:
+            frontier.append(i)
+            best = accuracy[i]
+    return frontier
 
 
 def format_console_table(report: dict) -> str:

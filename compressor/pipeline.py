@@ -1,4 +1,5 @@
-"""compress(): load → calibrate → W8A8 (smoothing, ranges) → fallback → compressed checkpoint."""
+"""compress(): load → calibrate → quantize layers (fixed, pinned or searched schemes) → fallback →
+embeddings → compressed checkpoint."""
 from __future__ import annotations
 
 import time
@@ -8,8 +9,10 @@ import torch
 
 from calibrators.data import batches, read_sentences, sample_sentences
 from compressor.model import ModelHandle, load_model
-from compressor.passes.fallback import apply_fallback
-from compressor.passes.w8a8 import quantize_w8a8
+from compressor.passes.fallback import apply_fallback, output_error
+from compressor.passes.embeddings import quantize_embeddings
+from compressor.passes.precision_search import average_bits
+from compressor.passes.quantize import quantize_layers
 from compressor.recipe import Recipe
 from exporters.atomic import check_can_write
 from exporters.checkpoint import save_compressed
@@ -29,14 +32,25 @@ def compress_model(handle: ModelHandle, sentences: list[str], recipe: Recipe) ->
     with torch.no_grad():
         references = [handle.adapter.forward(handle.model, b) for b in sensitivity_batches]
     originals = {name: handle.model.get_submodule(name) for name in handle.adapter.quantizable_layers(handle.model)}
-    plan = quantize_w8a8(handle, calib, recipe)
+    plan = quantize_layers(handle, calib, recipe, sensitivity_batches, references)
     fallback, errors = apply_fallback(
         handle, originals, sensitivity_batches, references, plan,
         recipe.fallback_max_layers, recipe.fallback_min_gain, recipe.fallback_tolerance,
     )
+    embeddings = []
+    if recipe.embeddings != "float":
+        embeddings = quantize_embeddings(
+            handle.model, handle.adapter.embedding_layers(handle.model), recipe.embeddings, recipe.group_size,
+            recipe.symmetric,
+        )
+        errors["output_error_final"] = output_error(handle, sensitivity_batches, references)
+    layers = [layer.to_dict() for layer in plan.layers]
     return {
         "recipe": recipe.to_dict(),
-        "layers": [layer.to_dict() for layer in plan.layers],
+        "layers": layers,
+        "bits_per_weight": average_bits({r["name"]: r["bits"] for r in layers}, {r["name"]: r["params"] for r in layers}),
+        "search": plan.search,
+        "embeddings": embeddings,
         "fallback": fallback,
         "output_error": errors,
         "seconds": round(time.perf_counter() - started, 2),

@@ -8,20 +8,46 @@ from pathlib import Path
 from compressor.errors import CompressorError
 
 OBSERVER_NAMES = ("entropy", "max", "mse", "percentile")
+ROUNDINGS = ("rtn", "gptq")
+EMBEDDING_FORMATS = ("float", "int8", "int4", "nvfp4", "mxfp4")
+
+
+def _scheme_names() -> tuple[str, ...]:
+    from compressor.numerics.formats import SCHEMES
+
+    return tuple(SCHEMES)
 
 
 @dataclass
 class Recipe:
-    """W8A8 post-training quantization of the eligible Linear layers.
+    """Post-training quantization of the eligible Linear layers (and optionally the embeddings).
 
-    Weights: INT8 symmetric per output channel. Inputs: INT8 symmetric per tensor, static scales
-    from calibration with ``observer``. ``smoothquant`` searches a migration strength per layer
-    over ``alphas``. The fallback keeps at most ``fallback_max_layers`` layers in float, and only
-    those whose float copy removes at least ``fallback_min_gain`` of the model's output error, and
-    none when the quantized model's relative output error is within ``fallback_tolerance``.
+    ``scheme`` is what every layer becomes (see ``compressor.numerics.formats.SCHEMES``: ``int8``
+    is W8A8, ``nvfp4`` W4A4, ``w4a16-nvfp4`` weight-only, ...). ``formats`` pins schemes per module
+    with wildcard name patterns (first match wins). With ``candidates`` and ``max_bits`` set, each
+    layer's scheme is searched instead: every candidate's effect on the model output is measured
+    layer by layer, and the plan with the least total error whose effective bits per weight stay
+    within ``max_bits`` is chosen.
+
+    Static input scales come from calibration with ``observer``. ``smoothquant`` searches a
+    migration strength per W8A8 layer over ``alphas``; ``awq`` searches an activation-aware weight
+    scaling for the other quantized layers. ``rounding`` is round-to-nearest (``rtn``) or the
+    error-compensating ``gptq``. The fallback keeps at most ``fallback_max_layers`` layers in
+    float, only those whose float copy removes at least ``fallback_min_gain`` of the model's output
+    error, and none when the relative output error is within ``fallback_tolerance``.
     """
 
     name: str = "int8"
+    scheme: str = "int8"
+    formats: dict[str, str] = field(default_factory=dict)
+    candidates: list[str] = field(default_factory=list)
+    max_bits: float = 0.0  # 0: no budget (needed only with candidates)
+    rounding: str = "rtn"
+    gptq_damp: float = 0.01
+    awq: bool = False
+    group_size: int = 128
+    symmetric: bool = True
+    embeddings: str = "float"
     observer: str = "percentile"
     percentile: float = 99.99
     smoothquant: bool = True
@@ -50,6 +76,32 @@ class Recipe:
             raise CompressorError(
                 f"recipe field 'observer': unknown value {self.observer!r}; choose one of: {', '.join(OBSERVER_NAMES)}"
             )
+        schemes = _scheme_names()
+        if self.scheme not in schemes:
+            raise CompressorError(f"recipe field 'scheme': unknown value {self.scheme!r}; choose one of: {', '.join(schemes)}")
+        if not isinstance(self.formats, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.formats.items()
+        ):
+            raise CompressorError(f"recipe field 'formats': expected a mapping of module pattern: scheme, got {self.formats!r}")
+        for pattern, scheme in self.formats.items():
+            if scheme not in schemes:
+                raise CompressorError(f"recipe field 'formats': pattern {pattern!r} names unknown scheme {scheme!r}")
+        if not isinstance(self.candidates, list) or not all(c in schemes for c in self.candidates):
+            raise CompressorError(f"recipe field 'candidates': expected a list of schemes ({', '.join(schemes)}), "
+                                  f"got {self.candidates!r}")
+        if self.candidates and self.max_bits <= 0:
+            raise CompressorError("recipe field 'max_bits': a per-layer search over candidates needs a budget > 0")
+        if self.max_bits < 0:
+            raise CompressorError(f"recipe field 'max_bits': must be >= 0, got {self.max_bits}")
+        if self.rounding not in ROUNDINGS:
+            raise CompressorError(f"recipe field 'rounding': unknown value {self.rounding!r}; choose one of: {', '.join(ROUNDINGS)}")
+        if not 0 < self.gptq_damp < 1:
+            raise CompressorError(f"recipe field 'gptq_damp': {self.gptq_damp} is not in (0, 1)")
+        if self.group_size < 2 or self.group_size % 2:
+            raise CompressorError(f"recipe field 'group_size': must be an even number >= 2, got {self.group_size}")
+        if self.embeddings not in EMBEDDING_FORMATS:
+            raise CompressorError(f"recipe field 'embeddings': unknown value {self.embeddings!r}; "
+                                  f"choose one of: {', '.join(EMBEDDING_FORMATS)}")
         if not 0 < self.percentile <= 100:
             raise CompressorError(f"recipe field 'percentile': {self.percentile} is not in (0, 100]")
         if not isinstance(self.alphas, list) or not all(
@@ -89,6 +141,15 @@ PRESETS: dict[str, dict] = {
     "int8": {},
     # The same without outlier handling: plain max calibration, every eligible layer quantized.
     "int8-minmax": {"name": "int8-minmax", "observer": "max", "smoothquant": False, "fallback_max_layers": 0},
+    # Uniform 4-bit choices: every eligible layer in the named format, none left in float.
+    "nvfp4": {"name": "nvfp4", "scheme": "nvfp4", "rounding": "gptq", "fallback_max_layers": 0},
+    "mxfp4": {"name": "mxfp4", "scheme": "mxfp4", "rounding": "gptq", "fallback_max_layers": 0},
+    "w4a16-nvfp4": {"name": "w4a16-nvfp4", "scheme": "w4a16-nvfp4", "rounding": "gptq", "fallback_max_layers": 0},
+    "int4-awq": {"name": "int4-awq", "scheme": "w4a16-int4", "awq": True, "fallback_max_layers": 0},
+    "fp8": {"name": "fp8", "scheme": "fp8", "observer": "max", "fallback_max_layers": 0},
+    # Per-layer NVFP4 (W4A4) or INT8 (W8A8), chosen from measured sensitivity within 5 bits per weight.
+    "fp4-int8": {"name": "fp4-int8", "scheme": "nvfp4", "candidates": ["nvfp4", "int8"], "max_bits": 5.0,
+                 "rounding": "gptq", "fallback_max_layers": 0},
 }
 
 

@@ -10,33 +10,47 @@ from safetensors.torch import load_file, save_file
 
 from compressor.errors import CompressorError
 from compressor.int8_linear import Int8Linear
+from compressor.quant_embedding import QuantEmbedding
+from compressor.quant_linear import QuantLinear
 from compressor.model import ModelHandle, _check_safetensors, check_checkpoint_dir, load_tokenizer, read_config
 from compressor.adapters import adapter_for
-from compressor.passes.w8a8 import set_module
+from compressor.passes.plan import set_module
 from exporters.atomic import atomic_directory
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: W8A8 only
 RECORD_FILE, WEIGHTS_FILE = "compression.json", "model.safetensors"
 
 
 def model_card(record: dict) -> str:
+    from compressor.numerics.formats import SCHEMES
+
     layers = record["layers"]
-    int8 = [layer for layer in layers if layer["format"] == "int8"]
-    floats = [layer for layer in layers if layer["format"] != "int8"]
-    smoothed = [layer for layer in int8 if layer.get("smoothing_alpha") is not None]
+    floats = [layer for layer in layers if layer["format"] == "float"]
+    smoothed = [layer for layer in layers if layer.get("smoothing_alpha") is not None]
     recipe = record["recipe"]
     lines = [
         f"# Compressed model: {record['recipe']['name']}",
         "",
         f"Source checkpoint: `{record['source']}`",
         "",
-        f"- {len(int8)} Linear layers in W8A8: INT8 weights per output channel, static INT8 input scales "
-        f"per tensor ({recipe['observer']} calibration"
-        + (f", {recipe['percentile']}th percentile" if recipe["observer"] == "percentile" else "")
-        + ").",
-        f"- {len(smoothed)} of them with SmoothQuant migration (alpha searched per layer).",
+    ]
+    counts: dict[str, int] = {}
+    for layer in layers:
+        counts[layer["format"]] = counts.get(layer["format"], 0) + 1
+    for scheme, count in counts.items():
+        if scheme != "float":
+            lines.append(f"- {count} Linear layers in `{scheme}`: {SCHEMES[scheme].description}.")
+    if "bits_per_weight" in record:
+        lines.append(f"- {record['bits_per_weight']:.3f} effective bits per Linear weight, scales included.")
+    lines += [
+        f"- Static input ranges: {recipe['observer']} calibration"
+        + (f", {recipe['percentile']}th percentile" if recipe["observer"] == "percentile" else "") + ".",
+        f"- {len(smoothed)} layers with a searched outlier migration (SmoothQuant for W8A8, AWQ otherwise).",
         f"- Calibration: {record['calibration']['samples']} sentences from `{record['calibration']['data']}`.",
     ]
+    for table in record.get("embeddings", []):
+        lines.append(f"- Embedding `{table['name']}` in {table['format']} ({table['bits']:.2f} bits per value).")
     for layer in floats:
         lines.append(f"- `{layer['name']}` kept in float: {layer['note']}")
     lines += ["", "Reload with `compressor.load_compressed(path)`; export with `compressor export`."]
@@ -50,7 +64,7 @@ def save_compressed(handle: ModelHandle, output: str | Path, record: dict, overw
         handle.model.config.save_pretrained(scratch)
         handle.tokenizer.save_pretrained(scratch)
         state = {k: v.detach().contiguous() for k, v in handle.model.state_dict().items()}
-        save_file(state, str(scratch / WEIGHTS_FILE), metadata={"format": "pt", "compressor": "w8a8"})
+        save_file(state, str(scratch / WEIGHTS_FILE), metadata={"format": "pt", "compressor": record.get("recipe", {}).get("name", "")})
         (scratch / RECORD_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
         (scratch / "README.md").write_text(model_card(record), encoding="utf-8")
     return Path(output)
@@ -63,7 +77,7 @@ def read_record(path: Path) -> dict:
         raise CompressorError(f"{path} is not a compressed checkpoint (no {RECORD_FILE})") from None
     except json.JSONDecodeError as exc:
         raise CompressorError(f"{path / RECORD_FILE} is not valid JSON: {exc}") from None
-    if record.get("format_version") != FORMAT_VERSION:
+    if record.get("format_version") not in READABLE_VERSIONS:
         raise CompressorError(f"{path / RECORD_FILE}: unsupported format_version {record.get('format_version')!r}")
     return record
 
@@ -89,13 +103,10 @@ def load_compressed(path: str | Path) -> ModelHandle:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = AutoModel.from_config(config, attn_implementation="sdpa")
-    for layer in record["layers"]:
-        if layer["format"] == "int8":
-            linear = model.get_submodule(layer["name"])
-            smooth = layer.get("smoothing_alpha") is not None
-            set_module(
-                model, layer["name"], Int8Linear(linear.in_features, linear.out_features, linear.bias is not None, smooth)
-            )
+    try:
+        _restore_modules(model, record)
+    except (AttributeError, KeyError, ValueError) as exc:
+        raise CompressorError(f"{path / RECORD_FILE} does not match the model in config.json: {exc}") from None
     state = load_file(str(weights))
     try:
         model.load_state_dict(state, strict=True)
@@ -103,6 +114,28 @@ def load_compressed(path: str | Path) -> ModelHandle:
         raise CompressorError(f"{weights} does not match its record: {str(exc).splitlines()[0]}") from None
     model.eval()
     return ModelHandle(model=model, tokenizer=load_tokenizer(path), adapter=adapter, source=path, info=record)
+
+
+def _restore_modules(model, record: dict) -> None:
+    """Put the quantized module classes where the record says, with the shapes of their stored tensors."""
+    recipe = record["recipe"]
+    group_size, symmetric = recipe.get("group_size", 128), recipe.get("symmetric", True)
+    for layer in record["layers"]:
+        if layer["format"] == "float":
+            continue
+        linear = model.get_submodule(layer["name"])
+        smooth = layer.get("smoothing_alpha") is not None
+        shape = (linear.in_features, linear.out_features, linear.bias is not None)
+        if layer["format"] == "int8":
+            module = Int8Linear(*shape, smooth)
+        else:
+            module = QuantLinear(*shape, layer["format"], smooth, group_size, symmetric)
+        set_module(model, layer["name"], module)
+    for table in record.get("embeddings", []):
+        embedding = model.get_submodule(table["name"])
+        set_module(model, table["name"], QuantEmbedding(
+            embedding.num_embeddings, embedding.embedding_dim, table["format"], embedding.padding_idx, group_size, symmetric
+        ))
 
 
 def load_any(path: str | Path) -> ModelHandle:

@@ -10,7 +10,9 @@ from compressor.errors import CompressorError
 from compressor.int8_linear import Int8Linear
 from compressor.pipeline import compress
 from compressor.recipe import Recipe
-from exporters.checkpoint import checkpoint_bytes, is_compressed_checkpoint, load_any, load_compressed, save_compressed
+from exporters.checkpoint import (
+    FORMAT_VERSION, checkpoint_bytes, is_compressed_checkpoint, load_any, load_compressed, save_compressed,
+)
 
 QUERY = "encoder.layer.0.attention.self.query"
 
@@ -57,7 +59,7 @@ def test_weights_stored_as_int8(compressed_dir, record):
             assert f"{name}.weight_scale" not in keys
         # the FP32 parts that are never quantized
         assert f.get_slice("embeddings.word_embeddings.weight").get_dtype() == "F32"
-        assert f.metadata().get("compressor") == "w8a8"
+        assert f.metadata().get("compressor") == "int8"  # the recipe name
     if QUERY in int8:
         assert f"{QUERY}.weight_scale" in keys and f"{QUERY}.input_scale" in keys
 
@@ -69,7 +71,7 @@ def test_int8_checkpoint_is_smaller(compressed_dir, minilm_dir):
 
 
 def test_record(record, recipe, calib_file, minilm_dir):
-    assert record["format_version"] == 1
+    assert record["format_version"] == FORMAT_VERSION
     layers = record["layers"]
     assert len(layers) == 36
     assert len({layer["name"] for layer in layers}) == 36
@@ -93,12 +95,12 @@ def test_record(record, recipe, calib_file, minilm_dir):
 def test_readme(compressed_dir, record):
     text = (compressed_dir / "README.md").read_text(encoding="utf-8")
     assert text.startswith("# Compressed model: int8")
-    assert f"{len(int8_layer_names(record))} Linear layers in W8A8" in text
+    assert f"{len(int8_layer_names(record))} Linear layers in `int8`: W8A8 INT8" in text
     assert "load_compressed" in text
 
 
 def test_reload_reproduces_pipeline_model(compressed_handle, reloaded, record, packaged_sentences):
-    assert reloaded.info == json.loads(json.dumps({"format_version": 1, **compressed_handle.info}))
+    assert reloaded.info == json.loads(json.dumps({"format_version": FORMAT_VERSION, **compressed_handle.info}))
     modules = dict(reloaded.model.named_modules())
     for layer in record["layers"]:
         module = modules[layer["name"]]
@@ -115,7 +117,7 @@ def test_reload_reproduces_pipeline_model(compressed_handle, reloaded, record, p
 
 
 def test_load_any_dispatches(compressed_dir, minilm_dir):
-    assert load_any(compressed_dir).info["format_version"] == 1
+    assert load_any(compressed_dir).info["format_version"] == FORMAT_VERSION
     assert load_any(minilm_dir).info == {}
 
 

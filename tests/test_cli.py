@@ -200,7 +200,7 @@ def test_compress_overwrite_replaces_directory(capsys, minilm_dir, calib_file, t
                  "--calib-data", str(calib_file), "--output", str(out), "--overwrite"])
     assert code == 0
     captured = capsys.readouterr()
-    assert "36/36 layers in W8A8" in captured.out and f"wrote {out}" in captured.out
+    assert "36 layers: 36 int8; 8.06" in captured.out and f"wrote {out}" in captured.out
     names = {p.name for p in out.iterdir()}
     assert "stale.txt" not in names
     assert {"model.safetensors", "compression.json", "README.md", "config.json"} <= names

@@ -33,6 +33,9 @@ class EncoderAdapter:
             if isinstance(module, nn.Linear) and ".layer." in f".{name}" and "encoder" in name
         ]
 
+    def embedding_layers(self, model: nn.Module) -> list[str]:
+        return [name for name, module in model.named_modules() if isinstance(module, nn.Embedding)]
+
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(**batch).last_hidden_state
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from compressor.passes.w8a8 import QuantizationPlan, set_module
+from compressor.passes.plan import QuantizationPlan, set_module
 
 
 @torch.no_grad()
@@ -35,24 +35,24 @@ def apply_fallback(
     the fully quantized model's relative output error is already within ``tolerance``: a float layer
     costs latency. Returns the restored names and the output errors before and after."""
     records = plan.by_name()
-    quantized = [r.name for r in plan.layers if r.format == "int8"]
+    quantized = [r.name for r in plan.layers if r.format != "float"]
     total = output_error(handle, batches, references) if quantized else 0.0
     errors = {"output_error_quantized": total, "output_error_final": total, "tolerance": tolerance}
     if max_layers == 0 or not quantized or total <= tolerance:
         return [], errors
     for name in tqdm(quantized, desc="sensitivity", unit="layer", leave=False):
-        int8_module = handle.model.get_submodule(name)
+        quantized_module = handle.model.get_submodule(name)
         set_module(handle.model, name, originals[name])
         records[name].fallback_gain = 1.0 - output_error(handle, batches, references) / max(total, 1e-12)
-        set_module(handle.model, name, int8_module)
+        set_module(handle.model, name, quantized_module)
     ranked = sorted(quantized, key=lambda n: records[n].fallback_gain, reverse=True)
     chosen = [n for n in ranked[:max_layers] if records[n].fallback_gain >= min_gain]
     for name in chosen:
         set_module(handle.model, name, originals[name])
-        records[name].format = "float"
         records[name].note = (
-            f"kept in float: its INT8 version caused {100 * records[name].fallback_gain:.1f}% of the output error"
+            f"kept in float: its {records[name].format} version caused {100 * records[name].fallback_gain:.1f}% of the output error"
         )
+        records[name].format, records[name].bits = "float", 16.0
     if chosen:
         errors["output_error_final"] = output_error(handle, batches, references)
     return chosen, errors

@@ -1,64 +1,29 @@
-"""W8A8 post-training quantization of Linear layers with static per-tensor input scales."""
+"""W8A8 INT8 layers: SmoothQuant-searched per-layer migration and a static per-tensor input range."""
 from __future__ import annotations
 
-import fnmatch
-from dataclasses import dataclass, field
-
 import torch
-from torch import nn
-from tqdm.auto import tqdm
 
-from calibrators.collect import run_with_input_hooks
 from calibrators.observers import make_observer
 from compressor.int8_linear import Int8Linear
-from compressor.passes.smoothquant import search_smoothing
+from compressor.passes.smoothquant import SmoothingChoice, search_smoothing
 from compressor.recipe import Recipe
 
 
-@dataclass
-class LayerRecord:
-    name: str
-    format: str = "int8"
-    input_amax: float = 0.0
-    smoothing_alpha: float | None = None
-    error_unsmoothed: float = 0.0
-    error: float = 0.0
-    fallback_gain: float | None = None
-    note: str = ""
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
-
-
-@dataclass
-class QuantizationPlan:
-    layers: list[LayerRecord] = field(default_factory=list)
-
-    def by_name(self) -> dict[str, LayerRecord]:
-        return {layer.name: layer for layer in self.layers}
-
-
-def _observer_options(recipe: Recipe) -> dict:
+def observer_options(recipe: Recipe) -> dict:
     return {"percentile": recipe.percentile} if recipe.observer == "percentile" else {}
 
 
+def make_range_observer(recipe: Recipe):
+    return make_observer(recipe.observer, **observer_options(recipe))
+
+
 def observe_amax(recipe: Recipe, x: torch.Tensor) -> float:
-    observer = make_observer(recipe.observer, **_observer_options(recipe))
+    observer = make_range_observer(recipe)
     observer.observe(x)
     return float(observer.compute_amax())
 
 
-def select_layers(names: list[str], exclude: list[str]) -> tuple[list[str], list[str]]:
-    kept = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in exclude)]
-    return [n for n in names if n not in kept], kept
-
-
-def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
-
-
-class _TokenSampler:
+class TokenSampler:
     """Keeps per-channel |x| maxima over all tokens and a uniform random sample of token rows."""
 
     def __init__(self, limit: int, seed: int):
@@ -77,40 +42,13 @@ class _TokenSampler:
         rows = torch.cat(self.rows[name])
         if len(rows) > self.limit:
             rows = rows[torch.randperm(len(rows), generator=self.generator)[: self.limit]]
+            self.rows[name] = [rows]  # later calls see the same sample
         return rows
 
 
-def quantize_w8a8(handle, calib_batches: list[dict], recipe: Recipe) -> QuantizationPlan:
-    """Calibrate, search smoothing, and swap the eligible Linear layers for Int8Linear in place."""
-    model, adapter = handle.model, handle.adapter
-    names, excluded = select_layers(adapter.quantizable_layers(model), recipe.exclude)
-    plan = QuantizationPlan([LayerRecord(n, "float", note="excluded by recipe") for n in excluded])
-    hooks = dict(forward=adapter.forward, token_mask=adapter.token_mask)
+def search_w8a8_smoothing(recipe: Recipe, sample: torch.Tensor, weight: torch.Tensor, channel_amax: torch.Tensor) -> SmoothingChoice:
+    return search_smoothing(sample, weight, channel_amax, lambda t: observe_amax(recipe, t), recipe.alphas)
 
-    smooth: dict[str, torch.Tensor | None] = {n: None for n in names}
-    records = {n: LayerRecord(n) for n in names}
-    if recipe.smoothquant:
-        sampler = _TokenSampler(recipe.search_tokens, recipe.seed)
-        run_with_input_hooks(model, calib_batches, names, sampler, desc="calibration: outliers", **hooks)
-        for name in tqdm(names, desc="smoothing search", unit="layer", leave=False):
-            weight = model.get_submodule(name).weight
-            choice = search_smoothing(
-                sampler.sample(name), weight, sampler.amax[name], lambda t: observe_amax(recipe, t), recipe.alphas
-            )
-            smooth[name] = choice.smooth
-            records[name].smoothing_alpha = choice.alpha
-            records[name].error_unsmoothed, records[name].error = choice.error_unsmoothed, choice.error
-        del sampler
 
-    observers = {n: make_observer(recipe.observer, **_observer_options(recipe)) for n in names}
-
-    def observe(name: str, x: torch.Tensor) -> None:
-        observers[name].observe(x if smooth[name] is None else x * smooth[name])
-
-    run_with_input_hooks(model, calib_batches, names, observe, desc="calibration: ranges", **hooks)
-    for name in tqdm(names, desc="quantizing", unit="layer", leave=False):
-        amax = float(observers[name].compute_amax())
-        records[name].input_amax = amax
-        set_module(model, name, Int8Linear.from_linear(model.get_submodule(name), amax, smooth[name]))
-    plan.layers = [records[n] for n in names] + plan.layers
-    return plan
+def build_int8_layer(linear, input_amax: float, smooth: torch.Tensor | None) -> Int8Linear:
+    return Int8Linear.from_linear(linear, input_amax, smooth)

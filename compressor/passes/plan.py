@@ -1,0 +1,58 @@
+"""The per-layer record of what a quantization pass did, and module-tree helpers shared by passes."""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+
+from torch import nn
+
+
+@dataclass
+class LayerRecord:
+    name: str
+    format: str = "int8"  # the layer's scheme (compressor.numerics.formats.SCHEMES) or "float"
+    bits: float = 16.0  # effective bits per weight, scales included
+    params: int = 0
+    input_amax: float = 0.0
+    smoothing: str | None = None  # "smoothquant" (W8A8) or "awq" (other schemes)
+    smoothing_alpha: float | None = None
+    error_unsmoothed: float = 0.0
+    error: float = 0.0
+    rounding: str = "rtn"
+    sensitivity: dict | None = None  # scheme → model output error with only this layer in that scheme
+    fallback_gain: float | None = None
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class QuantizationPlan:
+    layers: list[LayerRecord] = field(default_factory=list)
+    search: dict | None = None  # what a per-layer precision search found, when one ran
+
+    def by_name(self) -> dict[str, LayerRecord]:
+        return {layer.name: layer for layer in self.layers}
+
+
+def matches(name: str, patterns) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def select_layers(names: list[str], exclude: list[str]) -> tuple[list[str], list[str]]:
+    kept = [n for n in names if matches(n, exclude)]
+    return [n for n in names if n not in kept], kept
+
+
+def pinned_scheme(name: str, formats: dict[str, str]) -> str | None:
+    """The scheme the first matching wildcard pattern pins ``name`` to, if any."""
+    for pattern, scheme in formats.items():
+        if fnmatch.fnmatchcase(name, pattern):
+            return scheme
+    return None
+
+
+def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)

@@ -1,0 +1,197 @@
+"""Quantize the eligible Linear layers: each to the recipe's scheme, to a scheme pinned by a
+wildcard pattern, or to the scheme a per-layer sensitivity search picks under a bit budget.
+
+Calibration runs the float model once to sample each layer's input tokens and per-channel ranges
+(and once more for the Hessians of error-compensating rounding, and for static ranges of smoothed
+inputs). Every (layer, scheme) candidate is then built from those statistics alone, so a search
+can try candidates one at a time against the float model.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from calibrators.collect import run_with_input_hooks
+from compressor.numerics.formats import SCHEMES, make_weight_format, scheme_bits
+from compressor.passes.awq import search_awq_scales
+from compressor.passes.plan import LayerRecord, QuantizationPlan, pinned_scheme, select_layers, set_module
+from compressor.passes.precision_search import Option, average_bits, choose_schemes, measure_sensitivity
+from compressor.passes.smoothquant import SmoothingChoice
+from compressor.passes.w8a8 import TokenSampler, build_int8_layer, make_range_observer, search_w8a8_smoothing
+from compressor.quant_linear import QuantLinear
+from compressor.recipe import Recipe
+
+
+def layer_options(names: list[str], recipe: Recipe) -> dict[str, list[str]]:
+    """Schemes each layer may take: a pinned one, the search candidates, or the recipe's scheme."""
+    options = {}
+    for name in names:
+        pinned = pinned_scheme(name, recipe.formats)
+        options[name] = [pinned] if pinned else list(recipe.candidates) if recipe.candidates else [recipe.scheme]
+    return options
+
+
+def _layer_error(module: nn.Module, linear: nn.Linear, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        reference = linear(x)
+        return float((module(x) - reference).pow(2).sum() / reference.pow(2).sum().clamp_min(1e-12))
+
+
+class _Candidates:
+    """Statistics from calibration and the (layer, scheme) modules built from them."""
+
+    def __init__(self, handle, batches: list[dict], recipe: Recipe, options: dict[str, list[str]]):
+        self.handle, self.recipe, self.options = handle, recipe, options
+        self.model = handle.model
+        self.linears = {n: self.model.get_submodule(n) for n in options}
+        hooks = dict(forward=handle.adapter.forward, token_mask=handle.adapter.token_mask)
+        quantized = [n for n in options if any(SCHEMES[s].weight for s in options[n])]
+        self.sampler = TokenSampler(recipe.search_tokens, recipe.seed)
+        run_with_input_hooks(self.model, batches, quantized, self.sampler, desc="calibration: inputs", **hooks)
+        self.smoothing = {(n, s): self._smoothing(n, s) for n in quantized for s in options[n] if SCHEMES[s].weight}
+        self.hessians = {}
+        gptq_layers = [n for n in quantized if any(self._uses_gptq(s) for s in options[n])]
+        if gptq_layers:
+            from compressor.passes.gptq import collect_hessians
+
+            self.hessians = {n: h for n, (h, _) in collect_hessians(self.model, batches, gptq_layers, **hooks).items()}
+        self.static_amax = self._static_ranges(batches, hooks)
+
+    def _uses_gptq(self, scheme: str) -> bool:
+        return self.recipe.rounding == "gptq" and SCHEMES[scheme].weight is not None and scheme != "int8"
+
+    def _smoothing(self, name: str, scheme: str) -> SmoothingChoice | None:
+        weight = self.linears[name].weight
+        if scheme == "int8":
+            if not self.recipe.smoothquant:
+                return None
+            return search_w8a8_smoothing(self.recipe, self.sampler.sample(name), weight, self.sampler.amax[name])
+        if self.recipe.awq:
+            fmt = make_weight_format(SCHEMES[scheme].weight, self.recipe.group_size, self.recipe.symmetric)
+            return search_awq_scales(self.sampler.sample(name), weight, fmt)
+        return None
+
+    def smooth(self, name: str, scheme: str) -> torch.Tensor | None:
+        choice = self.smoothing.get((name, scheme))
+        return None if choice is None else choice.smooth
+
+    def _static_ranges(self, batches, hooks) -> dict:
+        """The recipe observer's range of each (smoothed) input that a static scale quantizes."""
+        keys = [(n, s) for n in self.options for s in self.options[n] if SCHEMES[s].activation in ("int8", "fp8")]
+        if not keys:
+            return {}
+        observers = {key: make_range_observer(self.recipe) for key in keys}
+        by_layer: dict[str, list] = {}
+        for key in keys:
+            by_layer.setdefault(key[0], []).append(key)
+
+        def observe(name: str, x: torch.Tensor) -> None:
+            for key in by_layer[name]:
+                smooth = self.smooth(*key)
+                observers[key].observe(x if smooth is None else x * smooth)
+
+        run_with_input_hooks(self.model, batches, list(by_layer), observe, desc="calibration: ranges", **hooks)
+        return {key: float(obs.compute_amax()) for key, obs in observers.items()}
+
+    def build(self, name: str, scheme: str) -> tuple[nn.Module, LayerRecord]:
+        linear, recipe = self.linears[name], self.recipe
+        spec = SCHEMES[scheme]
+        record = LayerRecord(
+            name, scheme, scheme_bits(spec, linear.in_features, recipe.group_size, recipe.symmetric), linear.weight.numel()
+        )
+        if spec.weight is None:
+            record.note = "kept in float"
+            return linear, record
+        choice = self.smoothing.get((name, scheme))
+        smooth = None if choice is None else choice.smooth
+        if smooth is not None:
+            record.smoothing = "smoothquant" if scheme == "int8" else "awq"
+            record.smoothing_alpha, record.error_unsmoothed = choice.alpha, choice.error_unsmoothed
+        if spec.activation in ("int8", "fp8"):
+            record.input_amax = self.static_amax[(name, scheme)]
+        elif spec.activation == "nvfp4":  # block scales are dynamic; the tensor scale only sets their range
+            amax = self.sampler.amax[name] * (1.0 if smooth is None else smooth)
+            record.input_amax = float(amax.max())
+        if scheme == "int8":
+            module = build_int8_layer(linear, record.input_amax, smooth)
+        else:
+            rounded = scales = None
+            if self._uses_gptq(scheme):
+                from compressor.passes.gptq import gptq_quantize
+
+                fmt = make_weight_format(spec.weight, recipe.group_size, recipe.symmetric)
+                weight, hessian = linear.weight.detach().float(), self.hessians[name]
+                if smooth is not None:  # the layer sees x * smooth and holds W / smooth
+                    weight, hessian = weight / smooth, hessian * torch.outer(smooth, smooth).to(hessian.dtype)
+                rounded, scales = gptq_quantize(weight, hessian, fmt, damp=recipe.gptq_damp)
+                record.rounding = "gptq"
+            module = QuantLinear.from_linear(
+                linear, scheme, record.input_amax or None, smooth, rounded, scales, recipe.group_size, recipe.symmetric
+            )
+        record.error = _layer_error(module, linear, self.sampler.sample(name))
+        return module, record
+
+
+def quantize_layers(
+    handle, calib_batches: list[dict], recipe: Recipe, sensitivity_batches=None, references=None
+) -> QuantizationPlan:
+    """Swap the eligible Linear layers for their quantized versions in place; returns the plan."""
+    model, adapter = handle.model, handle.adapter
+    names, excluded = select_layers(adapter.quantizable_layers(model), recipe.exclude)
+    options = layer_options(names, recipe)
+    candidates = _Candidates(handle, calib_batches, recipe, options)
+    built = {
+        n: {s: candidates.build(n, s) for s in options[n]}
+        for n in tqdm(names, desc="quantizing", unit="layer", leave=False)
+    }
+    plan = QuantizationPlan()
+    searched = [n for n in names if len(options[n]) > 1]
+    chosen = {n: options[n][0] for n in names}
+    if searched:
+        chosen.update(_search(handle, built, searched, names, excluded, recipe, sensitivity_batches, references, plan))
+    for name in names:
+        module, record = built[name][chosen[name]]
+        set_module(model, name, module)
+        plan.layers.append(record)
+    plan.layers += [LayerRecord(n, "float", params=model.get_submodule(n).weight.numel(), note="excluded by recipe")
+                    for n in excluded]
+    return plan
+
+
+def _search(handle, built, searched, names, excluded, recipe, batches, references, plan) -> dict[str, str]:
+    if batches is None or references is None:
+        raise ValueError("a per-layer precision search needs sensitivity batches and reference outputs")
+    modules = {n: {s: built[n][s][0] for s in built[n]} for n in searched}
+    sensitivity = measure_sensitivity(handle, modules, batches, references)
+    params = {n: built[n][next(iter(built[n]))][1].params for n in names}
+    options = {n: [Option(s, built[n][s][1].bits, sensitivity[n][s]) for s in built[n]] for n in searched}
+    fixed = [n for n in names if n not in options]
+    excluded_params = sum(handle.model.get_submodule(n).weight.numel() for n in excluded)
+    fixed_bits = sum(built[n][options_first(built[n])][1].bits * params[n] for n in fixed) + 16.0 * excluded_params
+    chosen = choose_schemes(
+        options, params, recipe.max_bits, fixed_bits, sum(params[n] for n in fixed) + excluded_params
+    )
+    for n in searched:
+        for s in built[n]:
+            built[n][s][1].sensitivity = {k: round(v, 8) for k, v in sensitivity[n].items()}
+    lowest = {n: min(options[n], key=lambda o: o.bits) for n in searched}
+    ranking = sorted(searched, key=lambda n: lowest[n].error, reverse=True)
+    bits = {n: built[n][chosen.get(n, options_first(built[n]))][1].bits for n in names}
+    bits.update({n: 16.0 for n in excluded})
+    params.update({n: handle.model.get_submodule(n).weight.numel() for n in excluded})
+    plan.search = {
+        "candidates": list(recipe.candidates),
+        "max_bits": recipe.max_bits,
+        "bits_per_weight": average_bits(bits, params),
+        "predicted_error": sum(next(o.error for o in options[n] if o.scheme == chosen[n]) for n in searched),
+        "most_sensitive": [
+            {"name": n, "scheme": lowest[n].scheme, "sensitivity": lowest[n].error, "chosen": chosen[n]}
+            for n in ranking[:3]
+        ],
+    }
+    return chosen
+
+
+def options_first(by_scheme: dict) -> str:
+    return next(iter(by_scheme))
