@@ -8,6 +8,11 @@ strongly typed, with no precision flags.
 ``onnxruntime``: the CPU provider's integer kernels. The input is quantized once with its static
 scale (uint8, zero point 128: the same grid as symmetric int8) and fed with the int8 weight to
 ``com.microsoft.MatMulIntegerToFloat``, which runs the integer GEMM and rescales to float in one op.
+
+Graphs with only INT8 layers are opset 17. Low-bit ``QuantLinear`` layers (FP8, NVFP4, MXFP4, INT4,
+weight-only INT8) are handled by ``exporters.onnx_lowbit``: for ``tensorrt`` such a graph becomes
+opset 23 / IR version 11 (FP4, INT4 and FP8 tensors, blocked DequantizeLinear); for ``onnxruntime``
+it stays opset 17 with ``com.microsoft.MatMulNBits`` for INT4 weights.
 """
 from __future__ import annotations
 
@@ -21,7 +26,14 @@ from torch import nn
 from compressor.errors import CompressorError
 from compressor.int8_linear import Int8Linear
 from compressor.model import ModelHandle
+from compressor.quant_linear import QuantLinear
 from exporters.atomic import atomic_file
+from exporters.onnx_lowbit import (
+    DOMAIN,
+    lower_quant_linears,
+    quant_linear_export_fn,
+    runtime_kernels,  # noqa: F401 (reports import it from here)
+)
 
 TARGETS = ("onnxruntime", "tensorrt")
 OPSET = 17
@@ -87,6 +99,15 @@ def export_onnx(handle: ModelHandle, output: str | Path, target: str = "onnxrunt
     layers = [m for m in handle.model.modules() if isinstance(m, Int8Linear)]
     for layer in layers:
         layer.export_fn = _int8_export_fn(target)
+    # Graph names of the low-bit layers: the module path under _Graph's "model" attribute.
+    quant = {f"model.{name}": m for name, m in handle.model.named_modules() if isinstance(m, QuantLinear)}
+    for key, layer in quant.items():
+        layer.export_fn = quant_linear_export_fn(target, key)
+        with torch.no_grad():
+            layer.dequantized_weight()  # fill the cache now: unpacking inside the trace would be traced
+    custom_opsets = {DOMAIN: 1} if quant else {}
+    if layers and target == "onnxruntime":
+        custom_opsets["com.microsoft"] = 1
     attention = _set_attention(handle.model, "eager")  # plain MatMul/Softmax: no mask-fixing Where ops
     try:
         with atomic_file(output, overwrite) as scratch, warnings.catch_warnings():
@@ -100,10 +121,12 @@ def export_onnx(handle: ModelHandle, output: str | Path, target: str = "onnxrunt
                 dynamic_axes=axes,
                 opset_version=OPSET,
                 do_constant_folding=True,
-                custom_opsets={"com.microsoft": 1} if layers and target == "onnxruntime" else None,
+                custom_opsets=custom_opsets or None,
                 dynamo=False,
             )
             graph = onnx.load(str(scratch))
+            if quant:
+                graph = lower_quant_linears(graph, quant, target)
             if target == "onnxruntime":
                 fuse_bias_into_integer_matmul(graph)
             graph.producer_name = "compressor"
@@ -111,7 +134,7 @@ def export_onnx(handle: ModelHandle, output: str | Path, target: str = "onnxrunt
             onnx.checker.check_model(graph)
             onnx.save(graph, str(scratch))
     finally:
-        for layer in layers:
+        for layer in [*layers, *quant.values()]:
             layer.export_fn = None
         _set_attention(handle.model, attention)
     return output

@@ -79,3 +79,17 @@ def compressed_handle(_compressed):
 def fp32_handle(minilm_dir):
     """The original FP32 model, loaded once (do not mutate)."""
     return load_model(minilm_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(minilm_dir, tmp_path_factory) -> Path:
+    """A small randomly initialised BERT (hidden 64, 2 layers) with MiniLM's tokenizer: fast passes."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                        max_position_embeddings=128)
+    path = tmp_path_factory.mktemp("tiny-bert")
+    BertModel(config).eval().save_pretrained(path)
+    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(path)
+    return path

@@ -173,8 +173,8 @@ def test_compare_writes_report(capsys, minilm_dir, compressed_dir, tiny_sts, tmp
     assert compressed["spearman_delta"] == pytest.approx(compressed["spearman"] - original["spearman"])
 
     md = (report_dir / "report.md").read_text()
-    assert md.startswith("| model | recipe | Spearman |")
-    assert f"| {compressed_dir.name} | int8 |" in md
+    assert md.startswith("| model | recipe | bits/weight | Spearman |")
+    assert f"| {compressed_dir.name} | int8 | 8.06 |" in md and "MatMulIntegerToFloat INT8 kernel" in md
     png = (report_dir / "report.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
 

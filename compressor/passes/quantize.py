@@ -13,6 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from calibrators.collect import run_with_input_hooks
+from compressor.errors import CompressorError
 from compressor.numerics.formats import SCHEMES, make_weight_format, scheme_bits
 from compressor.passes.awq import search_awq_scales
 from compressor.passes.plan import LayerRecord, QuantizationPlan, pinned_scheme, select_layers, set_module
@@ -140,6 +141,8 @@ def quantize_layers(
     model, adapter = handle.model, handle.adapter
     names, excluded = select_layers(adapter.quantizable_layers(model), recipe.exclude)
     options = layer_options(names, recipe)
+    if any(len(o) > 1 for o in options.values()):
+        _check_budget(model, options, excluded, recipe)  # before the slow part
     candidates = _Candidates(handle, calib_batches, recipe, options)
     built = {
         n: {s: candidates.build(n, s) for s in options[n]}
@@ -157,6 +160,24 @@ def quantize_layers(
     plan.layers += [LayerRecord(n, "float", params=model.get_submodule(n).weight.numel(), note="excluded by recipe")
                     for n in excluded]
     return plan
+
+
+def _check_budget(model, options, excluded, recipe) -> None:
+    """Fail fast when even the cheapest candidate everywhere exceeds ``max_bits``."""
+    params, cheapest = {}, {}
+    for name, schemes in options.items():
+        linear = model.get_submodule(name)
+        params[name] = linear.weight.numel()
+        cheapest[name] = min(scheme_bits(SCHEMES[s], linear.in_features, recipe.group_size, recipe.symmetric)
+                             for s in schemes)
+    for name in excluded:
+        params[name], cheapest[name] = model.get_submodule(name).weight.numel(), 16.0
+    smallest = average_bits(cheapest, params)
+    if smallest > recipe.max_bits + 1e-9:
+        raise CompressorError(
+            f"--max-bits {recipe.max_bits:g} is below the smallest plan these candidates allow "
+            f"({smallest:.3f} bits per weight)"
+        )
 
 
 def _search(handle, built, searched, names, excluded, recipe, batches, references, plan) -> dict[str, str]:

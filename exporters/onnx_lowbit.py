@@ -1,0 +1,351 @@
+"""ONNX export of ``QuantLinear`` layers (FP8, NVFP4, MXFP4, INT4, INT8 weight-only) for both targets.
+
+Tracing uses the TorchScript exporter at opset 17, which has no FP4/INT4 types, no FP8 Q/DQ and no
+blocked ``DequantizeLinear``. So each layer traces through placeholders in the ``compressor`` domain
+(``QuantizeInput``, ``QuantMatMul``), carrying only the layer's name, and ``lower_quant_linears``
+rewrites the saved graph: it writes the stored tensors as typed initializers (raw bytes: FP4 and
+INT4 pack two elements per byte, first element in the low nibble, like the checkpoint) and the
+target's node pattern.
+
+``tensorrt`` (explicit quantization, strongly typed network): the graph is converted to **opset 23,
+IR version 11** (``onnx.version_converter`` rewrites the ops whose signature changed, e.g.
+ReduceMax's axes becoming an input). Per layer ``x [→ Mul(smooth)] → input quantization → MatMul(x,
+Transpose(W)) [→ Add(bias)]`` with W:
+
+* NVFP4: FLOAT4E2M1 [out, in] ← DequantizeLinear(axis=-1, block_size=16) with the block scales
+  ``DequantizeLinear(FLOAT8E4M3FN [out, in/16], FP32 tensor scale)`` (TensorRT's double DQ).
+* MXFP4: FLOAT4E2M1 ← DequantizeLinear(axis=-1, block_size=32), FP32 scales 2^e (exact).
+* FP8: FLOAT8E4M3FN [out, in] ← DequantizeLinear(per output channel, axis 0).
+* INT4: INT4 codes q-8 (symmetric, no zero point) or UINT4 codes + UINT4 zero points
+  (asymmetric) ← DequantizeLinear(axis=-1, block_size=group). TensorRT quantizes symmetrically
+  only (signed INT4, weight-only), so the asymmetric form is valid ONNX that it will not take.
+* INT8 (weight-only or W8A8): INT8 ← DequantizeLinear(axis 0).
+
+Inputs: INT8 → QuantizeLinear/DequantizeLinear (int8, zero point 0); FP8 → the same with a
+FLOAT8E4M3FN zero point; NVFP4 → TensorRT's custom op ``trt::TRT_FP4DynamicQuantize`` (inputs: x
+and the FP32 double-quantization scale, i.e. the static tensor scale ``input_scale``; attributes
+axis=-1, block_size=16, scale_type=17 (FLOAT8E4M3FN); outputs: the FLOAT4E2M1 tensor and its
+FLOAT8E4M3FN block scales, shaped like x with the last dim divided by 16) followed by the double
+DQ. MXFP4 inputs: no TensorRT dynamic-quantize op is assumed, so they stay the float ops of the
+eager fake quantization (same numbers, no FP4 GEMM for the input side).
+
+``onnxruntime`` (CPU kernels that exist; the graph stays at opset 17): INT4 weights →
+``com.microsoft::MatMulNBits`` (bits 4, bias as its input); FP4/FP8 weights → a float initializer
+dequantized at export and a plain MatMul (the CPU provider has no FP4 DequantizeLinear); INT8
+weight-only → DequantizeLinear → MatMul. Input quantization: INT8 as Q/DQ, every other format as
+the float ops of ``QuantLinear.quantize_input``, so ONNX Runtime computes PyTorch's numbers.
+
+``runtime_kernels`` says, layer by layer, which of these numbers come from real low-precision kernels.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper, version_converter
+from torch import nn
+
+from compressor.int8_linear import Int8Linear
+from compressor.numerics.fp4 import pack_nibbles
+from compressor.numerics.fp8 import decode_e8m0
+from compressor.numerics.int8 import fake_quantize_int8
+from compressor.quant_linear import QuantLinear, fake_quantize_input
+
+DOMAIN = "compressor"  # placeholders; none survive lowering
+TRT_OPSET, TRT_IR_VERSION = 23, 11
+NVFP4_BLOCK = 16
+
+
+# --- tracing -----------------------------------------------------------------------------------
+
+
+class _Int8InputQDQ(torch.autograd.Function):
+    """Static per-tensor INT8 input quantization as Q/DQ (opset 17 has it; both targets use it)."""
+
+    @staticmethod
+    def forward(ctx, x, scale):
+        return fake_quantize_int8(x, scale)
+
+    @staticmethod
+    def symbolic(g, x, scale):
+        zero = g.op("Constant", value_t=torch.tensor(0, dtype=torch.int8))
+        return g.op("DequantizeLinear", g.op("QuantizeLinear", x, scale, zero), scale, zero)
+
+
+class _QuantizeInput(torch.autograd.Function):
+    """Placeholder for FP8 / NVFP4 input quantization (TensorRT), lowered after export."""
+
+    @staticmethod
+    def forward(ctx, x, scale, activation: str, layer: str):
+        return fake_quantize_input(activation, x, scale)
+
+    @staticmethod
+    def symbolic(g, x, scale, activation: str, layer: str):
+        out = g.op(f"{DOMAIN}::QuantizeInput", x, scale, format_s=activation, layer_s=layer)
+        out.setType(x.type())
+        return out
+
+
+class _QuantMatMul(torch.autograd.Function):
+    """Placeholder for x @ W^T (+ bias) with the layer's stored weight, lowered after export.
+
+    ``weight`` (the float copy) only gives the trace its numbers; the symbolic drops it.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, layer: str):
+        return nn.functional.linear(x, weight, bias)
+
+    @staticmethod
+    def symbolic(g, x, weight, bias, layer: str):
+        inputs = (x,) if bias is None else (x, bias)
+        out = g.op(f"{DOMAIN}::QuantMatMul", *inputs, layer_s=layer)
+        sizes = x.type().varyingSizes()
+        if sizes is not None:  # same shape as x but the last dim
+            out.setType(x.type().with_sizes(sizes[:-1] + [weight.type().sizes()[0]]))
+        return out
+
+
+def quant_linear_export_fn(target: str, key: str):
+    """``QuantLinear.export_fn`` for ``target``; ``key`` names the layer in the graph."""
+
+    def run(layer: QuantLinear, x: torch.Tensor) -> torch.Tensor:
+        if layer.input_smooth is not None:
+            x = x * layer.input_smooth
+        activation = layer.scheme.activation
+        if activation == "int8":
+            x = _Int8InputQDQ.apply(x, layer.input_scale)
+        elif target == "tensorrt" and activation in ("fp8", "nvfp4"):
+            x = _QuantizeInput.apply(x, layer.input_scale, activation, key)
+        else:  # float ops: MXFP4 anywhere, FP8/NVFP4 for ONNX Runtime (no such CPU kernels)
+            x = fake_quantize_input(activation, x, layer.input_scale)
+        return _QuantMatMul.apply(x, layer.dequantized_weight(), layer.bias, key)
+
+    return run
+
+
+# --- lowering ----------------------------------------------------------------------------------
+
+
+def _raw(name: str, data_type: int, dims, data: torch.Tensor) -> TensorProto:
+    """An initializer from the bytes of ``data`` (packed 4-bit or 8-bit codes), as ONNX stores them."""
+    return helper.make_tensor(name, data_type, list(dims), data.contiguous().view(torch.uint8).numpy().tobytes(), raw=True)
+
+
+def _pack_flat(codes: torch.Tensor) -> torch.Tensor:
+    """4-bit codes of any shape packed in row-major order, padded to an even count (ONNX's INT4 layout)."""
+    flat = codes.reshape(-1).to(torch.uint8)
+    if flat.numel() % 2:
+        flat = torch.cat([flat, flat.new_zeros(1)])
+    return pack_nibbles(flat)
+
+
+class _Lowering:
+    def __init__(self, model: onnx.ModelProto, layers: dict[str, QuantLinear], target: str):
+        self.model, self.layers, self.target = model, layers, target
+        self.nodes: list[onnx.NodeProto] = []
+        self.domains: set[str] = set()
+        self.names = {init.name for init in model.graph.initializer}
+
+    def run(self) -> None:
+        graph = self.model.graph
+        for node in graph.node:
+            if node.domain != DOMAIN:
+                self.nodes.append(node)
+                continue
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            key = attrs["layer"].decode()
+            if node.op_type == "QuantizeInput":
+                self._quantize_input(key, attrs["format"].decode(), node.input[0], node.input[1], node.output[0])
+            else:
+                bias = node.input[1] if len(node.input) > 1 else ""
+                self._matmul(key, self.layers[key], node.input[0], bias, node.output[0])
+        graph.ClearField("node")
+        graph.node.extend(self.nodes)
+        opsets = {op.domain: op.version for op in self.model.opset_import if op.domain != DOMAIN}
+        opsets.update({domain: 1 for domain in self.domains})
+        self.model.ClearField("opset_import")
+        self.model.opset_import.extend(helper.make_opsetid(d, v) for d, v in opsets.items())
+
+    def node(self, op: str, inputs: list[str], output: str, **attrs) -> str:
+        self.nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
+        return output
+
+    def init(self, tensor: TensorProto) -> str:
+        if tensor.name in self.names:
+            raise ValueError(f"initializer name {tensor.name!r} is already in the graph")
+        self.names.add(tensor.name)
+        self.model.graph.initializer.append(tensor)
+        return tensor.name
+
+    def array(self, name: str, value: torch.Tensor) -> str:
+        return self.init(numpy_helper.from_array(value.detach().contiguous().numpy(), name))
+
+    # inputs (TensorRT only: ONNX Runtime gets float ops at trace time)
+    def _quantize_input(self, key: str, fmt: str, x: str, scale: str, out: str) -> None:
+        if fmt == "fp8":
+            zero = self.init(_raw(f"{key}.input_zero_point", TensorProto.FLOAT8E4M3FN, [], torch.zeros((), dtype=torch.uint8)))
+            q = self.node("QuantizeLinear", [x, scale, zero], f"{key}.input_fp8")
+            self.node("DequantizeLinear", [q, scale, zero], out)
+        elif fmt == "nvfp4":
+            self.domains.add("trt")
+            q, block_scale = f"{key}.input_fp4", f"{key}.input_block_scale"
+            self.nodes.append(helper.make_node(
+                "TRT_FP4DynamicQuantize", [x, scale], [q, block_scale], name=q, domain="trt",
+                axis=-1, block_size=NVFP4_BLOCK, scale_type=TensorProto.FLOAT8E4M3FN,
+            ))
+            # The custom op has no schema: declare its output types for checkers and parsers.
+            self.model.graph.value_info.extend([
+                helper.make_tensor_value_info(q, TensorProto.FLOAT4E2M1, None),
+                helper.make_tensor_value_info(block_scale, TensorProto.FLOAT8E4M3FN, None),
+            ])
+            scales = self.node("DequantizeLinear", [block_scale, scale], f"{key}.input_block_scale_dq")
+            self.node("DequantizeLinear", [q, scales], out, axis=-1, block_size=NVFP4_BLOCK)
+        else:
+            raise ValueError(f"no TensorRT input pattern for {fmt!r}")
+
+    def _matmul(self, key: str, layer: QuantLinear, x: str, bias: str, out: str) -> None:
+        has_bias = bool(bias)
+        if self.target == "onnxruntime" and layer.format.name == "int4":
+            self._matmul_nbits(key, layer, x, bias, out)
+            return
+        if self.target == "onnxruntime" and layer.format.name != "int8":
+            # No FP4/FP8 kernels on the CPU provider: the weight goes in as float, [in, out].
+            w_t = self.array(f"{key}.weight_dequantized_t", layer.dequantized_weight().t())
+        else:
+            w_t = self.node("Transpose", [self._weight_dq(key, layer)], f"{key}.weight_t", perm=[1, 0])
+        y = self.node("MatMul", [x, w_t], f"{key}.matmul" if has_bias else out)
+        if has_bias:
+            self.node("Add", [y, bias], out)
+
+    def _weight_dq(self, key: str, layer: QuantLinear) -> str:
+        """Nodes that dequantize the stored weight; returns the name of the float [out, in] tensor."""
+        t, fmt = layer.stored_weight(), layer.format.name
+        shape, w, dq = [layer.out_features, layer.in_features], f"{key}.weight", f"{key}.weight_dq"
+        if fmt == "int8":
+            self.array(w, t["values"])
+            return self.node("DequantizeLinear", [w, self.array(f"{key}.weight_scale", t["scale"])], dq, axis=0)
+        if fmt == "fp8":
+            self.init(_raw(w, TensorProto.FLOAT8E4M3FN, shape, t["values"]))
+            return self.node("DequantizeLinear", [w, self.array(f"{key}.weight_scale", t["scale"])], dq, axis=0)
+        if fmt == "int4":
+            scale, zero, group = t["scale"], t["zero"], layer.format.group_size
+            inputs = [w, self.array(f"{key}.weight_scale", scale)]
+            if bool((zero == 8).all()):
+                # Symmetric: signed codes q - 8; flipping bit 3 of each nibble turns q into q - 8
+                # in two's complement, so no zero point is needed.
+                self.init(_raw(w, TensorProto.INT4, shape, t["packed"] ^ 0x88))
+            else:
+                self.init(_raw(w, TensorProto.UINT4, shape, t["packed"]))
+                inputs.append(self.init(_raw(f"{key}.weight_zero_point", TensorProto.UINT4, zero.shape, _pack_flat(zero))))
+            return self.node("DequantizeLinear", inputs, dq, axis=-1, block_size=group)
+        if fmt == "nvfp4":
+            self.init(_raw(w, TensorProto.FLOAT4E2M1, shape, t["packed"]))
+            block_scale = self.init(_raw(f"{key}.weight_block_scale", TensorProto.FLOAT8E4M3FN, t["block_scale"].shape, t["block_scale"]))
+            tensor_scale = self.array(f"{key}.weight_tensor_scale", t["tensor_scale"].reshape(()))
+            scales = self.node("DequantizeLinear", [block_scale, tensor_scale], f"{key}.weight_block_scale_dq")
+            return self.node("DequantizeLinear", [w, scales], dq, axis=-1, block_size=NVFP4_BLOCK)
+        if fmt == "mxfp4":
+            self.init(_raw(w, TensorProto.FLOAT4E2M1, shape, t["packed"]))
+            scale = self.array(f"{key}.weight_scale", decode_e8m0(t["scale"]))  # 2^e, exact in FP32
+            block = layer.in_features // t["scale"].shape[-1]
+            return self.node("DequantizeLinear", [w, scale], dq, axis=-1, block_size=block)
+        raise ValueError(f"no ONNX weight pattern for {fmt!r}")
+
+    def _matmul_nbits(self, key: str, layer: QuantLinear, x: str, bias: str, out: str) -> None:
+        t, group = layer.stored_weight(), layer.format.group_size
+        n, k = layer.out_features, layer.in_features
+        blocks = k // group
+        # Same nibble order as the checkpoint: [N, K/2] bytes → [N, K/block, block/2].
+        packed = self.array(f"{key}.weight", t["packed"].reshape(n, blocks, group // 2))
+        inputs = [x, packed, self.array(f"{key}.weight_scale", t["scale"])]
+        if not bool((t["zero"] == 8).all()):  # 8 is MatMulNBits' default zero point
+            zero = t["zero"]
+            if blocks % 2:  # zero points pack per row: [N, ceil(blocks/2)]
+                zero = torch.cat([zero, zero.new_zeros(n, 1)], dim=1)
+            inputs.append(self.array(f"{key}.weight_zero_point", pack_nibbles(zero)))
+        if bias:
+            inputs += [""] * (5 - len(inputs)) + [bias]  # skip zero_points / g_idx
+        self.domains.add("com.microsoft")
+        self.nodes.append(helper.make_node(
+            "MatMulNBits", inputs, [out], name=f"{key}.matmul_nbits", domain="com.microsoft",
+            K=k, N=n, bits=4, block_size=group,
+        ))
+
+
+def lower_quant_linears(model: onnx.ModelProto, layers: dict[str, QuantLinear], target: str) -> onnx.ModelProto:
+    """Replace the ``compressor`` placeholders of ``layers`` (graph key → layer) by ``target``'s pattern.
+
+    For TensorRT the model is first converted to opset 23 / IR 11 (returns a new ModelProto).
+    """
+    if target == "tensorrt":
+        model = version_converter.convert_version(model, TRT_OPSET)
+        model.ir_version = TRT_IR_VERSION
+    _Lowering(model, layers, target).run()
+    return model
+
+
+# --- what runs where ---------------------------------------------------------------------------
+
+_ORT_INT8 = "MatMulIntegerToFloat INT8 kernel"
+_ORT_NBITS = "MatMulNBits 4-bit kernel"
+_ORT_FLOAT = "float MatMul on weights dequantized at export (no FP4/FP8 kernel on CPU)"
+_ORT_DQ = "float MatMul on INT8 weights dequantized in the graph (DequantizeLinear)"
+
+
+def _kernel(layer: nn.Module, target: str) -> str | None:
+    if isinstance(layer, Int8Linear):
+        return _ORT_INT8 if target == "onnxruntime" else "INT8 GEMM (Q/DQ)"
+    if not isinstance(layer, QuantLinear):
+        return None
+    weight, activation = layer.format.name, layer.scheme.activation
+    if target == "onnxruntime":
+        return {"int4": _ORT_NBITS, "int8": _ORT_DQ}.get(weight, _ORT_FLOAT)
+    if weight == "int4" and not bool((layer.weight_zero == 8).all()):
+        return "asymmetric INT4: valid ONNX (UINT4 + zero points), but TensorRT takes symmetric quantization only"
+    if weight == activation:
+        return {
+            "int8": "INT8 GEMM (Q/DQ)",
+            "fp8": "FP8 GEMM (Q/DQ, Ada/Hopper and newer)",
+            "nvfp4": "NVFP4 GEMM (FP4 tensor cores on Blackwell SM100+; dequantized to a wider GEMM elsewhere)",
+            "mxfp4": "MXFP4 weights dequantized for a float GEMM; inputs fake-quantized in float ops",
+        }[weight]
+    if activation == "none":
+        return f"{weight.upper()} weight-only: DequantizeLinear feeding a float/half GEMM"
+    return f"{weight.upper()} weights (DequantizeLinear) with {activation.upper()} Q/DQ inputs; TensorRT picks the GEMM"
+
+
+def runtime_kernels(handle_or_model, target: str) -> dict[str, str]:
+    """Quantized layer name → what computes it in ``target``'s exported graph (float layers are left out)."""
+    model = getattr(handle_or_model, "model", handle_or_model)
+    kernels = {name: _kernel(module, target) for name, module in model.named_modules()}
+    return {name: kernel for name, kernel in kernels.items() if kernel is not None}
+
+
+# --- checking FP4 graphs without a GPU ---------------------------------------------------------
+
+
+def reference_ops() -> list[type]:
+    """``onnx.reference.ReferenceEvaluator`` implementations of the TensorRT custom ops used here."""
+    import ml_dtypes
+    from onnx.reference.op_run import OpRun
+
+    class TRT_FP4DynamicQuantize(OpRun):  # the class name is the op name the evaluator matches
+        """NVFP4 with this repository's rounding: block scale = E4M3(clamp(block amax / 6 / scale,
+        2^-9, 448)), element = E2M1(x / (block scale · scale)), saturating at ±6."""
+
+        op_domain = "trt"
+
+        def _run(self, x, scale, axis=-1, block_size=NVFP4_BLOCK, scale_type=TensorProto.FLOAT8E4M3FN):
+            if axis not in (-1, x.ndim - 1) or scale_type != TensorProto.FLOAT8E4M3FN:
+                raise NotImplementedError("only blocks along the last axis with E4M3 scales")
+            x = x.astype(np.float32)
+            scale = np.float32(scale)
+            blocks = x.reshape(*x.shape[:-1], x.shape[-1] // block_size, block_size)
+            amax = np.abs(blocks).max(axis=-1)
+            block_scale = np.clip(amax / np.float32(6) / scale, 2.0**-9, 448.0).astype(ml_dtypes.float8_e4m3fn)
+            step = (block_scale.astype(np.float32) * scale)[..., None]
+            q = np.clip(blocks / step, -6, 6).astype(ml_dtypes.float4_e2m1fn)
+            return q.reshape(x.shape), block_scale
+
+    return [TRT_FP4DynamicQuantize]
