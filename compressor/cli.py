@@ -31,7 +31,11 @@ def _compress(args) -> None:
         print(f"no --calib-data given: calibrating on the packaged sentences ({calib})", file=sys.stderr)
     handle = compress(resolve_model_dir(args.model_dir), recipe, calib, args.output, overwrite=args.overwrite)
     print(plan_table(handle.info))
-    print(f"wrote {args.output} in {handle.info['seconds']:.1f} s")
+    from exporters.checkpoint import checkpoint_bytes
+
+    size, original = checkpoint_bytes(args.output), checkpoint_bytes(handle.info["source"])
+    print(f"wrote {args.output} in {handle.info['seconds']:.1f} s: weights {size / 1e6:.1f} MB on disk, "
+          f"{size / max(original, 1):.3f}x the original's {original / 1e6:.1f} MB")
 
 
 def _sensitivity_cell(layer: dict) -> str:

@@ -153,7 +153,7 @@ def markdown_table(report: dict) -> str:
         "",
         "Which ONNX Runtime kernels the latency comes from (layers per kernel): real low-precision kernels are "
         "MatMulIntegerToFloat (INT8) and MatMulNBits (INT4); FP4 and FP8 weights have no CPU kernel and run as "
-        "float MatMuls on weights dequantized at load, with their input quantization computed in float, so "
+        "float MatMuls on weights dequantized at export, with their input quantization computed in float, so "
         "their accuracy is exact but their latency is not that of FP4/FP8 hardware.",
         "",
     ]

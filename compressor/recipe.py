@@ -143,7 +143,9 @@ PRESETS: dict[str, dict] = {
     "int8-minmax": {"name": "int8-minmax", "observer": "max", "smoothquant": False, "fallback_max_layers": 0},
     # Uniform 4-bit choices: every eligible layer in the named format, none left in float.
     "nvfp4": {"name": "nvfp4", "scheme": "nvfp4", "rounding": "gptq", "fallback_max_layers": 0},
-    "mxfp4": {"name": "mxfp4", "scheme": "mxfp4", "rounding": "gptq", "fallback_max_layers": 0},
+    # MXFP4 keeps round-to-nearest: its power-of-two scales clip a block's largest values by up
+    # to 25%, and GPTQ spreads those clipping errors onto the rest of the block (measured: worse).
+    "mxfp4": {"name": "mxfp4", "scheme": "mxfp4", "fallback_max_layers": 0},
     "w4a16-nvfp4": {"name": "w4a16-nvfp4", "scheme": "w4a16-nvfp4", "rounding": "gptq", "fallback_max_layers": 0},
     "int4-awq": {"name": "int4-awq", "scheme": "w4a16-int4", "awq": True, "fallback_max_layers": 0},
     "fp8": {"name": "fp8", "scheme": "fp8", "observer": "max", "fallback_max_layers": 0},

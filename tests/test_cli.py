@@ -201,6 +201,7 @@ def test_compress_overwrite_replaces_directory(capsys, minilm_dir, calib_file, t
     assert code == 0
     captured = capsys.readouterr()
     assert "36 layers: 36 int8; 8.06" in captured.out and f"wrote {out}" in captured.out
+    assert "MB on disk" in captured.out and "x the original's" in captured.out
     names = {p.name for p in out.iterdir()}
     assert "stale.txt" not in names
     assert {"model.safetensors", "compression.json", "README.md", "config.json"} <= names
