@@ -102,6 +102,7 @@ def main() -> None:
             nv_bytes, fp_bytes = nvfp4_linear_bytes(handle.model)
             if nv_bytes:
                 row["nvfp4_linear_bytes_ratio"] = nv_bytes / fp_bytes
+                results.setdefault("nvfp4_linear_bytes_ratio", row["nvfp4_linear_bytes_ratio"])
             if record["search"]:
                 row["search"] = record["search"]
                 row["plan"] = {r["name"]: r["format"] for r in record["layers"]}
@@ -143,8 +144,6 @@ def main() -> None:
     for row in rows:
         if "search" in row:
             print(f"\n{row['setting']}: plan {row['formats']}; most sensitive: {row['search']['most_sensitive']}")
-        if "nvfp4_linear_bytes_ratio" in row:
-            results.setdefault("nvfp4_linear_bytes_ratio", row["nvfp4_linear_bytes_ratio"])
     print(f"NVFP4 Linear weight bytes / FP32 bytes: {results.get('nvfp4_linear_bytes_ratio', 0):.4f}")
     for row in results.get("compare", []):
         print(row)

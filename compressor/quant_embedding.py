@@ -10,50 +10,32 @@ import torch
 from torch import nn
 
 from compressor.numerics.formats import make_weight_format
+from compressor.quant_linear import PackedWeight
 
-PREFIX = "weight_"
 
-
-class QuantEmbedding(nn.Module):
+class QuantEmbedding(PackedWeight):
     def __init__(self, num_embeddings: int, embedding_dim: int, fmt: str, padding_idx: int | None = None,
                  group_size: int = 128, symmetric: bool = True):
         super().__init__()
         self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
         self.format_name = fmt
-        self.format = make_weight_format(fmt, group_size, symmetric)
-        for key, value in self.format.quantize(torch.zeros(num_embeddings, embedding_dim)).items():
-            self.register_buffer(PREFIX + key, value)
-        self._table: torch.Tensor | None = None
+        self.register_packed_weight(make_weight_format(fmt, group_size, symmetric), num_embeddings, embedding_dim)
 
     @classmethod
     def from_embedding(cls, embedding: nn.Embedding, fmt: str, group_size: int = 128, symmetric: bool = True):
         layer = cls(embedding.num_embeddings, embedding.embedding_dim, fmt, embedding.padding_idx, group_size, symmetric)
-        for key, value in layer.format.quantize(embedding.weight.detach().float()).items():
-            getattr(layer, PREFIX + key).copy_(value)
+        layer.store_weight(embedding.weight.detach().float())
         return layer
-
-    def stored(self) -> dict[str, torch.Tensor]:
-        n = len(PREFIX)
-        return {k[n:]: v for k, v in self.named_buffers(recurse=False) if k.startswith(PREFIX)}
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._table = None
-        super()._load_from_state_dict(*args, **kwargs)
 
     @property
     def weight(self) -> torch.Tensor:
         """The dequantized table (transformers reads ``.weight`` of input embeddings for dtype/device)."""
-        if self._table is None:
-            self._table = self.format.dequantize(self.stored())
-        return self._table
+        return self.dequantized_weight()
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.format_name == "int8":
             return self.weight_values[ids].float() * self.weight_scale[ids].unsqueeze(-1)
         return nn.functional.embedding(ids, self.weight)
-
-    def storage_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.stored().values())
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, {self.format_name}"

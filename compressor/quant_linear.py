@@ -19,7 +19,40 @@ from compressor.numerics.nvfp4 import fake_quantize_nvfp4
 WEIGHT_PREFIX = "weight_"
 
 
-class QuantLinear(nn.Module):
+class PackedWeight(nn.Module):
+    """A module whose weight lives as a format's stored tensors (buffers ``weight_<key>``) and is
+    expanded to float once, on first use; loading a state dict drops the expanded copy."""
+
+    def register_packed_weight(self, fmt, rows: int, columns: int) -> None:
+        self.format = fmt
+        # Shapes and dtypes of the stored tensors: quantize a zero weight.
+        for key, value in fmt.quantize(torch.zeros(rows, columns)).items():
+            self.register_buffer(WEIGHT_PREFIX + key, value)
+        self._weight_cache: torch.Tensor | None = None
+
+    def store_weight(self, weight: torch.Tensor, scales: dict | None = None) -> None:
+        for key, value in self.format.quantize(weight, scales).items():
+            getattr(self, WEIGHT_PREFIX + key).copy_(value)
+        self._weight_cache = None
+
+    def stored_weight(self) -> dict[str, torch.Tensor]:
+        n = len(WEIGHT_PREFIX)
+        return {name[n:]: buf for name, buf in self.named_buffers(recurse=False) if name.startswith(WEIGHT_PREFIX)}
+
+    def dequantized_weight(self) -> torch.Tensor:
+        if self._weight_cache is None:
+            self._weight_cache = self.format.dequantize(self.stored_weight())
+        return self._weight_cache
+
+    def storage_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.stored_weight().values())
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._weight_cache = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+
+class QuantLinear(PackedWeight):
     def __init__(
         self,
         in_features: int,
@@ -35,15 +68,11 @@ class QuantLinear(nn.Module):
         if self.scheme.weight is None:
             raise ValueError("QuantLinear needs a scheme with a quantized weight")
         self.in_features, self.out_features = in_features, out_features
-        self.format = make_weight_format(self.scheme.weight, group_size, symmetric)
-        # Shapes and dtypes of the stored tensors: quantize a zero weight.
-        for key, value in self.format.quantize(torch.zeros(out_features, in_features)).items():
-            self.register_buffer(WEIGHT_PREFIX + key, value)
+        self.register_packed_weight(make_weight_format(self.scheme.weight, group_size, symmetric), out_features, in_features)
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
         self.register_buffer("input_smooth", torch.ones(in_features) if smooth else None)
         has_input_scale = self.scheme.activation in ("int8", "fp8", "nvfp4")
         self.register_buffer("input_scale", torch.tensor(1.0) if has_input_scale else None)
-        self._weight_cache: torch.Tensor | None = None
         self.export_fn = None  # set by an exporter while it traces the module
 
     @classmethod
@@ -70,26 +99,12 @@ class QuantLinear(nn.Module):
             layer.input_smooth.copy_(input_smooth)
         if rounded_weight is not None:
             weight = rounded_weight
-        for key, value in layer.format.quantize(weight, scales).items():
-            getattr(layer, WEIGHT_PREFIX + key).copy_(value)
+        layer.store_weight(weight, scales)
         if layer.input_scale is not None:
             layer.input_scale.fill_(input_scale_for(layer.scheme.activation, input_amax))
         if linear.bias is not None:
             layer.bias.copy_(linear.bias.detach().float())
         return layer
-
-    def stored_weight(self) -> dict[str, torch.Tensor]:
-        n = len(WEIGHT_PREFIX)
-        return {name[n:]: buf for name, buf in self.named_buffers(recurse=False) if name.startswith(WEIGHT_PREFIX)}
-
-    def dequantized_weight(self) -> torch.Tensor:
-        if self._weight_cache is None:
-            self._weight_cache = self.format.dequantize(self.stored_weight())
-        return self._weight_cache
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._weight_cache = None
-        super()._load_from_state_dict(*args, **kwargs)
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_smooth is not None:
@@ -100,9 +115,6 @@ class QuantLinear(nn.Module):
         if self.export_fn is not None:
             return self.export_fn(self, x)
         return nn.functional.linear(self.quantize_input(x), self.dequantized_weight(), self.bias)
-
-    def storage_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.stored_weight().values())
 
     def extra_repr(self) -> str:
         smooth = ", smoothed" if self.input_smooth is not None else ""

@@ -171,14 +171,19 @@ def test_failing_compress_leaves_nothing(minilm_dir, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.txt"]
 
 
+def empty_record() -> dict:
+    """The smallest record save_compressed accepts: no layer quantized."""
+    return {
+        "recipe": Recipe().to_dict(), "layers": [], "fallback": [], "source": "x",
+        "calibration": {"data": "d", "samples": 1, "max_length": 8},
+    }
+
+
 def test_failure_while_writing_leaves_old_output_and_no_partials(fp32_handle, tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("old version")
-    record = {
-        "recipe": Recipe().to_dict(), "layers": [], "fallback": [], "source": "x",
-        "calibration": {"data": "d", "samples": 1, "max_length": 8},
-    }
+    record = empty_record()
 
     def exploding_card(_record):
         raise OSError("disk full")
@@ -199,10 +204,7 @@ def test_overwrite_replaces_directory(fp32_handle, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "stale.txt").write_text("old")
-    record = {
-        "recipe": Recipe().to_dict(), "layers": [], "fallback": [], "source": "x",
-        "calibration": {"data": "d", "samples": 1, "max_length": 8},
-    }
+    record = empty_record()
     save_compressed(fp32_handle, out, record, overwrite=True)
     names = {p.name for p in out.iterdir()}
     assert "stale.txt" not in names and {"model.safetensors", "compression.json", "README.md"} <= names

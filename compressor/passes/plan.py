@@ -40,11 +40,6 @@ def matches(name: str, patterns) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def select_layers(names: list[str], exclude: list[str]) -> tuple[list[str], list[str]]:
-    kept = [n for n in names if matches(n, exclude)]
-    return [n for n in names if n not in kept], kept
-
-
 def pinned_scheme(name: str, formats: dict[str, str]) -> str | None:
     """The scheme the first matching wildcard pattern pins ``name`` to, if any."""
     for pattern, scheme in formats.items():

@@ -47,25 +47,23 @@ def measure_sensitivity(handle, candidates: dict[str, dict[str, torch.nn.Module]
     return result
 
 
-def choose_schemes(
-    options: dict[str, list[Option]],
-    params: dict[str, int],
-    max_bits: float,
-    fixed_bit_params: float = 0.0,
-    fixed_params: int = 0,
-    resolution: int = 20000,
-) -> dict[str, str]:
-    """The scheme per layer with the least total error whose average bits per weight, over these
-    layers plus ``fixed_params`` weights costing ``fixed_bit_params`` bits, is at most ``max_bits``."""
-    names = list(options)
-    total_params = sum(params[n] for n in names) + fixed_params
-    budget = max_bits * total_params - fixed_bit_params
-    cheapest = sum(min(o.bits for o in options[n]) * params[n] for n in names)
-    if cheapest > budget + 1e-9 * total_params:
-        smallest = (cheapest + fixed_bit_params) / total_params
+def check_budget(bits: dict[str, list[float]], params: dict[str, int], max_bits: float) -> None:
+    """Refuse a budget below the plan that takes every layer's cheapest option."""
+    smallest = average_bits({n: min(b) for n, b in bits.items()}, params)
+    if smallest > max_bits + 1e-9:
         raise CompressorError(
             f"--max-bits {max_bits:g} is below the smallest plan these candidates allow ({smallest:.3f} bits per weight)"
         )
+
+
+def choose_schemes(
+    options: dict[str, list[Option]], params: dict[str, int], max_bits: float, resolution: int = 20000
+) -> dict[str, str]:
+    """The scheme per layer with the least total error whose average bits per weight (weighted by
+    ``params``) is at most ``max_bits``. Layers with one option simply spend their share."""
+    check_budget({n: [o.bits for o in opts] for n, opts in options.items()}, params, max_bits)
+    names = list(options)
+    budget = max_bits * sum(params[n] for n in names)
     unit = budget / resolution
     cost = {n: [min(resolution, math.ceil(o.bits * params[n] / unit - 1e-9)) for o in options[n]] for n in names}
     best = np.full(resolution + 1, np.inf)
@@ -82,7 +80,7 @@ def choose_schemes(
             new[better], pick[better] = shifted[better], k
         best = new
         picks.append(pick)
-    if not np.isfinite(best).any():  # cost rounding left no room: fall back to the cheapest plan
+    if not np.isfinite(best).any():  # cost rounding left no room: the cheapest plan is within budget
         return {n: min(options[n], key=lambda o: o.bits).scheme for n in names}
     spent = int(np.argmin(best))
     chosen = {}
@@ -90,7 +88,7 @@ def choose_schemes(
         k = int(pick[spent])
         chosen[n] = options[n][k].scheme
         spent -= cost[n][k]
-    return chosen
+    return dict(reversed(chosen.items()))
 
 
 def average_bits(schemes_bits: dict[str, float], params: dict[str, int]) -> float:

@@ -13,22 +13,23 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from calibrators.collect import run_with_input_hooks
-from compressor.errors import CompressorError
 from compressor.numerics.formats import SCHEMES, make_weight_format, scheme_bits
 from compressor.passes.awq import search_awq_scales
-from compressor.passes.plan import LayerRecord, QuantizationPlan, pinned_scheme, select_layers, set_module
-from compressor.passes.precision_search import Option, average_bits, choose_schemes, measure_sensitivity
+from compressor.int8_linear import Int8Linear
+from compressor.passes.plan import LayerRecord, QuantizationPlan, matches, pinned_scheme, set_module
+from compressor.passes.precision_search import Option, average_bits, check_budget, choose_schemes, measure_sensitivity
 from compressor.passes.smoothquant import SmoothingChoice
-from compressor.passes.w8a8 import TokenSampler, build_int8_layer, make_range_observer, search_w8a8_smoothing
+from compressor.passes.w8a8 import TokenSampler, make_range_observer, search_w8a8_smoothing
 from compressor.quant_linear import QuantLinear
 from compressor.recipe import Recipe
 
 
 def layer_options(names: list[str], recipe: Recipe) -> dict[str, list[str]]:
-    """Schemes each layer may take: a pinned one, the search candidates, or the recipe's scheme."""
+    """Schemes each layer may take: float when excluded, a pinned one, the search candidates, or the
+    recipe's scheme."""
     options = {}
     for name in names:
-        pinned = pinned_scheme(name, recipe.formats)
+        pinned = "float" if matches(name, recipe.exclude) else pinned_scheme(name, recipe.formats)
         options[name] = [pinned] if pinned else list(recipe.candidates) if recipe.candidates else [recipe.scheme]
     return options
 
@@ -102,10 +103,9 @@ class _Candidates:
             name, scheme, scheme_bits(spec, linear.in_features, recipe.group_size, recipe.symmetric), linear.weight.numel()
         )
         if spec.weight is None:
-            record.note = "kept in float"
+            record.note = "excluded by recipe" if matches(name, recipe.exclude) else "kept in float by recipe"
             return linear, record
-        choice = self.smoothing.get((name, scheme))
-        smooth = None if choice is None else choice.smooth
+        choice, smooth = self.smoothing.get((name, scheme)), self.smooth(name, scheme)
         if smooth is not None:
             record.smoothing = "smoothquant" if scheme == "int8" else "awq"
             record.smoothing_alpha, record.error_unsmoothed = choice.alpha, choice.error_unsmoothed
@@ -115,7 +115,7 @@ class _Candidates:
             amax = self.sampler.amax[name] * (1.0 if smooth is None else smooth)
             record.input_amax = float(amax.max())
         if scheme == "int8":
-            module = build_int8_layer(linear, record.input_amax, smooth)
+            module = Int8Linear.from_linear(linear, record.input_amax, smooth)
         else:
             rounded = scales = None
             if self._uses_gptq(scheme):
@@ -138,81 +138,59 @@ def quantize_layers(
     handle, calib_batches: list[dict], recipe: Recipe, sensitivity_batches=None, references=None
 ) -> QuantizationPlan:
     """Swap the eligible Linear layers for their quantized versions in place; returns the plan."""
-    model, adapter = handle.model, handle.adapter
-    names, excluded = select_layers(adapter.quantizable_layers(model), recipe.exclude)
-    options = layer_options(names, recipe)
-    if any(len(o) > 1 for o in options.values()):
-        _check_budget(model, options, excluded, recipe)  # before the slow part
+    model = handle.model
+    options = layer_options(handle.adapter.quantizable_layers(model), recipe)
+    if any(len(o) > 1 for o in options.values()):  # fail before the slow part
+        check_budget({n: [_bits(model, n, s, recipe) for s in options[n]] for n in options},
+                     {n: model.get_submodule(n).weight.numel() for n in options}, recipe.max_bits)
     candidates = _Candidates(handle, calib_batches, recipe, options)
     built = {
         n: {s: candidates.build(n, s) for s in options[n]}
-        for n in tqdm(names, desc="quantizing", unit="layer", leave=False)
+        for n in tqdm(options, desc="quantizing", unit="layer", leave=False)
     }
     plan = QuantizationPlan()
-    searched = [n for n in names if len(options[n]) > 1]
-    chosen = {n: options[n][0] for n in names}
-    if searched:
-        chosen.update(_search(handle, built, searched, names, excluded, recipe, sensitivity_batches, references, plan))
-    for name in names:
-        module, record = built[name][chosen[name]]
+    chosen = {n: options[n][0] for n in options}
+    if any(len(o) > 1 for o in options.values()):
+        chosen, plan.search = _search(handle, built, recipe, sensitivity_batches, references)
+    for name, scheme in chosen.items():
+        module, record = built[name][scheme]
         set_module(model, name, module)
         plan.layers.append(record)
-    plan.layers += [LayerRecord(n, "float", params=model.get_submodule(n).weight.numel(), note="excluded by recipe")
-                    for n in excluded]
     return plan
 
 
-def _check_budget(model, options, excluded, recipe) -> None:
-    """Fail fast when even the cheapest candidate everywhere exceeds ``max_bits``."""
-    params, cheapest = {}, {}
-    for name, schemes in options.items():
-        linear = model.get_submodule(name)
-        params[name] = linear.weight.numel()
-        cheapest[name] = min(scheme_bits(SCHEMES[s], linear.in_features, recipe.group_size, recipe.symmetric)
-                             for s in schemes)
-    for name in excluded:
-        params[name], cheapest[name] = model.get_submodule(name).weight.numel(), 16.0
-    smallest = average_bits(cheapest, params)
-    if smallest > recipe.max_bits + 1e-9:
-        raise CompressorError(
-            f"--max-bits {recipe.max_bits:g} is below the smallest plan these candidates allow "
-            f"({smallest:.3f} bits per weight)"
-        )
+def _bits(model, name: str, scheme: str, recipe: Recipe) -> float:
+    in_features = model.get_submodule(name).in_features
+    return scheme_bits(SCHEMES[scheme], in_features, recipe.group_size, recipe.symmetric)
 
 
-def _search(handle, built, searched, names, excluded, recipe, batches, references, plan) -> dict[str, str]:
+def _search(handle, built, recipe, batches, references) -> tuple[dict[str, str], dict]:
+    """Measure each searched layer's sensitivity, choose the plan, and describe what was found."""
     if batches is None or references is None:
         raise ValueError("a per-layer precision search needs sensitivity batches and reference outputs")
-    modules = {n: {s: built[n][s][0] for s in built[n]} for n in searched}
+    searched = [n for n in built if len(built[n]) > 1]
+    modules = {n: {s: module for s, (module, _) in built[n].items()} for n in searched}
     sensitivity = measure_sensitivity(handle, modules, batches, references)
-    params = {n: built[n][next(iter(built[n]))][1].params for n in names}
-    options = {n: [Option(s, built[n][s][1].bits, sensitivity[n][s]) for s in built[n]] for n in searched}
-    fixed = [n for n in names if n not in options]
-    excluded_params = sum(handle.model.get_submodule(n).weight.numel() for n in excluded)
-    fixed_bits = sum(built[n][options_first(built[n])][1].bits * params[n] for n in fixed) + 16.0 * excluded_params
-    chosen = choose_schemes(
-        options, params, recipe.max_bits, fixed_bits, sum(params[n] for n in fixed) + excluded_params
-    )
+    # Layers with a single option (pinned, excluded) take part with zero error: they spend budget too.
+    options = {
+        n: [Option(s, record.bits, sensitivity.get(n, {}).get(s, 0.0)) for s, (_, record) in built[n].items()]
+        for n in built
+    }
+    params = {n: next(iter(built[n].values()))[1].params for n in built}
+    chosen = choose_schemes(options, params, recipe.max_bits)
     for n in searched:
-        for s in built[n]:
-            built[n][s][1].sensitivity = {k: round(v, 8) for k, v in sensitivity[n].items()}
+        for _, record in built[n].values():
+            record.sensitivity = {k: round(v, 8) for k, v in sensitivity[n].items()}
     lowest = {n: min(options[n], key=lambda o: o.bits) for n in searched}
     ranking = sorted(searched, key=lambda n: lowest[n].error, reverse=True)
-    bits = {n: built[n][chosen.get(n, options_first(built[n]))][1].bits for n in names}
-    bits.update({n: 16.0 for n in excluded})
-    params.update({n: handle.model.get_submodule(n).weight.numel() for n in excluded})
-    plan.search = {
+    search = {
         "candidates": list(recipe.candidates),
         "max_bits": recipe.max_bits,
-        "bits_per_weight": average_bits(bits, params),
-        "predicted_error": sum(next(o.error for o in options[n] if o.scheme == chosen[n]) for n in searched),
+        "bits_per_weight": average_bits({n: built[n][chosen[n]][1].bits for n in built}, params),
+        "predicted_error": sum(sensitivity[n][chosen[n]] for n in searched),
         "most_sensitive": [
             {"name": n, "scheme": lowest[n].scheme, "sensitivity": lowest[n].error, "chosen": chosen[n]}
             for n in ranking[:3]
         ],
     }
-    return chosen
-
-
-def options_first(by_scheme: dict) -> str:
-    return next(iter(by_scheme))
+    return chosen, search

@@ -1,10 +1,9 @@
-"""W8A8 INT8 layers: SmoothQuant-searched per-layer migration and a static per-tensor input range."""
+"""Calibration helpers for static input ranges, and the SmoothQuant search of W8A8 INT8 layers."""
 from __future__ import annotations
 
 import torch
 
 from calibrators.observers import make_observer
-from compressor.int8_linear import Int8Linear
 from compressor.passes.smoothquant import SmoothingChoice, search_smoothing
 from compressor.recipe import Recipe
 
@@ -48,7 +47,3 @@ class TokenSampler:
 
 def search_w8a8_smoothing(recipe: Recipe, sample: torch.Tensor, weight: torch.Tensor, channel_amax: torch.Tensor) -> SmoothingChoice:
     return search_smoothing(sample, weight, channel_amax, lambda t: observe_amax(recipe, t), recipe.alphas)
-
-
-def build_int8_layer(linear, input_amax: float, smooth: torch.Tensor | None) -> Int8Linear:
-    return Int8Linear.from_linear(linear, input_amax, smooth)
