@@ -12,12 +12,11 @@ from compressor.recipe import PRESETS
 
 
 def _compress(args) -> None:
-    from compressor.data import default_calibration_file
     from compressor.pipeline import compress
     from compressor.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
-    overrides = {"calib_samples": args.num_samples} if args.num_samples else {}
+    overrides = {"calib_samples": args.num_samples, "calib_images": args.num_samples} if args.num_samples else {}
     if args.max_bits is not None:
         overrides["max_bits"] = args.max_bits
         if not recipe.candidates:
@@ -25,11 +24,8 @@ def _compress(args) -> None:
                                   f"'{recipe.name}' uses {recipe.scheme} everywhere")
     if overrides:
         recipe = type(recipe).from_dict(overrides, base=recipe)
-    calib = args.calib_data
-    if calib is None:
-        calib = default_calibration_file()
-        print(f"no --calib-data given: calibrating on the packaged sentences ({calib})", file=sys.stderr)
-    handle = compress(resolve_model_dir(args.model_dir), recipe, calib, args.output, overwrite=args.overwrite)
+    handle = compress(resolve_model_dir(args.model_dir), recipe, args.calib_data, args.output,
+                      overwrite=args.overwrite, announce=lambda text: print(text, file=sys.stderr))
     print(plan_table(handle.info))
     from exporters.checkpoint import checkpoint_bytes
 
@@ -59,6 +55,10 @@ def plan_table(record: dict) -> str:
     summary = ", ".join(f"{n} {scheme}" for scheme, n in counts.items())
     lines.append(f"{len(record['layers'])} layers: {summary}; "
                  f"{record.get('bits_per_weight', 0):.3f} effective bits per weight")
+    kept = [layer for layer in record["layers"] if not layer.get("in_budget", True)]
+    if kept:
+        lines[-1] += (f" of the quantized layers ({record['bits_per_weight_all_layers']:.3f} counting the "
+                      f"{len(kept)} layers kept in float by default at 16)")
     search = record.get("search")
     if search:
         worst = ", ".join(f"{w['name']} ({w['scheme']} {w['sensitivity']:.2e} → {w['chosen']})"
@@ -101,14 +101,32 @@ def _export(args) -> None:
 
 
 def _compare(args) -> None:
+    from compressor.adapters.diffusion import diffusers_class_name
     from compressor.compare import compare, format_console_table
 
+    model_dir = resolve_model_dir(args.model_dir)
+    if diffusers_class_name(Path(model_dir)) is not None:
+        return _compare_diffusion(args, model_dir)
+    if args.eval_data is None:
+        raise CompressorError("--eval-data is required for text models (an STS TSV or a sentence file)")
     report = compare(
         resolve_model_dir(args.model_dir), args.compressed, args.eval_data, args.report,
         batch=args.batch, length=args.length, threads=args.threads, repeats=args.repeats, overwrite=args.overwrite,
     )
     print(format_console_table(report))
     print(f"wrote {args.report}/report.json, report.md, report.png")
+
+
+def _compare_diffusion(args, model_dir) -> None:
+    from compressor.diffusion.compare import SamplingSetup, compare_diffusion, images_from, markdown_table
+
+    setup = SamplingSetup(args.num_samples, args.steps, args.guidance, args.seed)
+    real = images_from(args.eval_data) if args.eval_data is not None else None
+    report = compare_diffusion(model_dir, args.compressed, args.report, setup, judge_path=args.judge,
+                               real_images=real, latency_batch=args.batch, threads=args.threads,
+                               repeats=args.repeats, overwrite=args.overwrite)
+    print(markdown_table(report).split("\n\n")[0])
+    print(f"wrote {args.report}/report.json, report.md, samples.png")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,8 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default="int8", help=f"preset name ({', '.join(PRESETS)}) or a recipe .yaml file")
     p.add_argument("--max-bits", type=float,
                    help="budget in effective bits per weight for a per-layer format search (fp4-int8 default: 5.0)")
-    p.add_argument("--calib-data", help="text file, one sentence per line, or a TSV such as STS-B (default: packaged sentences)")
-    p.add_argument("--num-samples", type=int, help="calibration sentences to use (default: the recipe's, 256)")
+    p.add_argument("--calib-data", help="text models: a file of sentences, or a TSV such as STS-B (default: packaged "
+                   "sentences); class-conditional DiTs: a JSON file {\"class_labels\": [...], \"seed\": 0} "
+                   "(default: every class in turn, seed 0)")
+    p.add_argument("--num-samples", type=int,
+                   help="calibration sentences (default 256) or DiT calibration images (default 64) to use")
     p.add_argument("--output", required=True, help="output directory (written atomically)")
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     p.set_defaults(run=_compress)
@@ -138,9 +159,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="accuracy, fidelity, latency and size of the original and compressed models")
     p.add_argument("model_dir", help="the original checkpoint directory (or 'default')")
     p.add_argument("compressed", nargs="+", help="compressed checkpoint directories")
-    p.add_argument("--eval-data", required=True, help="STS-style TSV (Spearman + fidelity) or plain sentences (fidelity)")
-    p.add_argument("--report", required=True, help="report directory: report.json, report.md, report.png")
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--eval-data", help="text models: STS-style TSV (Spearman + fidelity) or plain sentences "
+                   "(fidelity); DiTs: a directory of MNIST idx files whose last 1,000 images are the real "
+                   "images for the Fréchet distance")
+    p.add_argument("--report", required=True, help="report directory: report.json, report.md and report.png "
+                   "(samples.png for DiTs)")
+    p.add_argument("--judge", help="DiTs: judge classifier (safetensors) for class accuracy and Fréchet distance")
+    p.add_argument("--num-samples", type=int, default=1000, help="DiTs: images sampled per model")
+    p.add_argument("--steps", type=int, default=25, help="DiTs: DDIM steps per sample")
+    p.add_argument("--guidance", type=float, default=2.0, help="DiTs: classifier-free guidance scale")
+    p.add_argument("--seed", type=int, default=0, help="DiTs: sampling seed (the same noise for every model)")
+    p.add_argument("--batch", type=int, default=32, help="latency batch (DiTs: 16 is a good choice)")
     p.add_argument("--length", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=15)

@@ -14,6 +14,8 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from compressor.adapters import adapter_for  # noqa: E402
+from compressor.adapters.diffusion import WEIGHTS as WEIGHTS_DIFFUSERS  # noqa: E402
+from compressor.adapters.diffusion import DiffusionTransformerAdapter, diffusers_class_name  # noqa: E402
 from compressor.errors import CompressorError  # noqa: E402
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
@@ -97,15 +99,22 @@ def load_tokenizer(path: Path):
 
 
 def load_model(path: str | Path) -> ModelHandle:
-    """Load a Hugging Face checkpoint directory offline, checking it is whole."""
+    """Load a Hugging Face checkpoint directory (transformers, or a diffusers DiT) offline, checking it is whole."""
     from transformers import AutoModel
 
     path = check_checkpoint_dir(path)
+    class_name = diffusers_class_name(path)
+    if class_name is not None:
+        for name in WEIGHTS_DIFFUSERS:
+            if (path / name).suffix == ".safetensors" and (path / name).is_file():
+                _check_safetensors(path / name)
+        adapter = DiffusionTransformerAdapter(class_name, path)
+        return ModelHandle(model=adapter.load(), tokenizer=None, adapter=adapter, source=path)
     config = read_config(path)
     adapter = adapter_for(config)
     if adapter is None:
         raise CompressorError(
-            f"model type {config.model_type!r} in {path} has no adapter yet (supported: bert-family encoders)"
+            f"model type {config.model_type!r} in {path} has no adapter yet (supported: bert-family encoders, and diffusers DiT/PixArt transformers)"
         )
     weights = [path / name for name in WEIGHT_FILES if (path / name).is_file()]
     if not weights:

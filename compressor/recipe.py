@@ -35,6 +35,10 @@ class Recipe:
     error-compensating ``gptq``. The fallback keeps at most ``fallback_max_layers`` layers in
     float, only those whose float copy removes at least ``fallback_min_gain`` of the model's output
     error, and none when the relative output error is within ``fallback_tolerance``.
+
+    Diffusion models calibrate on their own sampling trajectory: ``calib_images`` samples (every class
+    in turn) over ``sampling_steps`` DDIM steps with classifier-free guidance ``guidance_scale``, unless
+    the calibration file says otherwise.
     """
 
     name: str = "int8"
@@ -58,6 +62,9 @@ class Recipe:
     fallback_tolerance: float = 0.01
     sensitivity_samples: int = 64
     calib_samples: int = 256
+    calib_images: int = 64
+    sampling_steps: int = 25
+    guidance_scale: float = 2.0
     batch_size: int = 32
     max_length: int = 128
     exclude: list[str] = field(default_factory=list)  # wildcard module names kept in float
@@ -110,7 +117,9 @@ class Recipe:
             raise CompressorError(f"recipe field 'alphas': expected a list of numbers in [0, 1], got {self.alphas!r}")
         if not isinstance(self.exclude, list) or not all(isinstance(p, str) for p in self.exclude):
             raise CompressorError(f"recipe field 'exclude': expected a list of module-name patterns, got {self.exclude!r}")
-        for name in ("calib_samples", "batch_size", "max_length", "search_tokens", "sensitivity_samples"):
+        if self.guidance_scale < 1:
+            raise CompressorError(f"recipe field 'guidance_scale': must be >= 1, got {self.guidance_scale}")
+        for name in ("calib_samples", "calib_images", "sampling_steps", "batch_size", "max_length", "search_tokens", "sensitivity_samples"):
             if getattr(self, name) < 1:
                 raise CompressorError(f"recipe field '{name}': must be at least 1, got {getattr(self, name)}")
         if self.fallback_max_layers < 0:
@@ -149,6 +158,8 @@ PRESETS: dict[str, dict] = {
     "w4a16-nvfp4": {"name": "w4a16-nvfp4", "scheme": "w4a16-nvfp4", "rounding": "gptq", "fallback_max_layers": 0},
     "int4-awq": {"name": "int4-awq", "scheme": "w4a16-int4", "awq": True, "fallback_max_layers": 0},
     "fp8": {"name": "fp8", "scheme": "fp8", "observer": "max", "fallback_max_layers": 0},
+    # NVFP4 weights with static INT8 inputs.
+    "w4a8": {"name": "w4a8", "scheme": "w4a8-nvfp4", "rounding": "gptq", "fallback_max_layers": 0},
     # Per-layer NVFP4 (W4A4) or INT8 (W8A8), chosen from measured sensitivity within 5 bits per weight.
     "fp4-int8": {"name": "fp4-int8", "scheme": "nvfp4", "candidates": ["nvfp4", "int8"], "max_bits": 5.0,
                  "rounding": "gptq", "fallback_max_layers": 0},

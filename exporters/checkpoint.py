@@ -14,6 +14,7 @@ from compressor.quant_embedding import QuantEmbedding
 from compressor.quant_linear import QuantLinear
 from compressor.model import ModelHandle, _check_safetensors, check_checkpoint_dir, load_tokenizer, read_config
 from compressor.adapters import adapter_for
+from compressor.adapters.diffusion import DiffusionTransformerAdapter, diffusers_class_name
 from compressor.passes.plan import set_module
 from exporters.atomic import atomic_directory
 
@@ -47,7 +48,7 @@ def model_card(record: dict) -> str:
         f"- Static input ranges: {recipe['observer']} calibration"
         + (f", {recipe['percentile']}th percentile" if recipe["observer"] == "percentile" else "") + ".",
         f"- {len(smoothed)} layers with a searched outlier migration (SmoothQuant for W8A8, AWQ otherwise).",
-        f"- Calibration: {record['calibration']['samples']} sentences from `{record['calibration']['data']}`.",
+        f"- Calibration: {_calibration_text(record['calibration'])}.",
     ]
     for table in record.get("embeddings", []):
         lines.append(f"- Embedding `{table['name']}` in {table['format']} ({table['bits']:.2f} bits per value).")
@@ -57,12 +58,15 @@ def model_card(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _calibration_text(calibration: dict) -> str:
+    return calibration.get("description") or f"{calibration['samples']} samples from `{calibration['data']}`"
+
+
 def save_compressed(handle: ModelHandle, output: str | Path, record: dict, overwrite: bool = False) -> Path:
     """Write the compressed model atomically: a failure leaves no partial directory behind."""
     record = {"format_version": FORMAT_VERSION, **record}
     with atomic_directory(output, overwrite) as scratch:
-        handle.model.config.save_pretrained(scratch)
-        handle.tokenizer.save_pretrained(scratch)
+        handle.adapter.save_metadata(handle, scratch)
         state = {k: v.detach().contiguous() for k, v in handle.model.state_dict().items()}
         save_file(state, str(scratch / WEIGHTS_FILE), metadata={"format": "pt", "compressor": record.get("recipe", {}).get("name", "")})
         (scratch / RECORD_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
@@ -92,17 +96,23 @@ def load_compressed(path: str | Path) -> ModelHandle:
 
     path = check_checkpoint_dir(path)
     record = read_record(path)
-    config = read_config(path)
-    adapter = adapter_for(config)
-    if adapter is None:
-        raise CompressorError(f"model type {config.model_type!r} in {path} has no adapter")
     weights = path / WEIGHTS_FILE
     if not weights.is_file():
         raise CompressorError(f"{path} has no {WEIGHTS_FILE}")
     _check_safetensors(weights)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = AutoModel.from_config(config, attn_implementation="sdpa")
+    class_name = diffusers_class_name(path)
+    if class_name is not None:
+        adapter, tokenizer = DiffusionTransformerAdapter(class_name, path), None
+        model = adapter.empty_model()
+    else:
+        config = read_config(path)
+        adapter = adapter_for(config)
+        if adapter is None:
+            raise CompressorError(f"model type {config.model_type!r} in {path} has no adapter")
+        tokenizer = load_tokenizer(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = AutoModel.from_config(config, attn_implementation="sdpa")
     try:
         _restore_modules(model, record)
     except (AttributeError, KeyError, ValueError) as exc:
@@ -113,7 +123,7 @@ def load_compressed(path: str | Path) -> ModelHandle:
     except RuntimeError as exc:
         raise CompressorError(f"{weights} does not match its record: {str(exc).splitlines()[0]}") from None
     model.eval()
-    return ModelHandle(model=model, tokenizer=load_tokenizer(path), adapter=adapter, source=path, info=record)
+    return ModelHandle(model=model, tokenizer=tokenizer, adapter=adapter, source=path, info=record)
 
 
 def _restore_modules(model, record: dict) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import onnx
 import torch
+from onnx import helper, numpy_helper
 from torch import nn
 
 from compressor.errors import CompressorError
@@ -63,6 +64,9 @@ class _Int8LinearOp(torch.autograd.Function):
             xq = g.op("QuantizeLinear", x, input_scale, zero)
             w_t = g.op("Transpose", weight, perm_i=[1, 0])  # folded into an int8 [in, out] initializer
             y = g.op("com.microsoft::MatMulIntegerToFloat", xq, w_t, input_scale, weight_scale, zero)
+            sizes = x.type().varyingSizes()
+            if sizes is not None:  # a contrib op has no shape inference: declare it so later shapes stay known
+                y.setType(x.type().with_sizes(sizes[:-1] + [weight.type().sizes()[0]]))
         return g.op("Add", y, bias)
 
 
@@ -88,14 +92,14 @@ class _Graph(nn.Module):
 
 
 def export_onnx(handle: ModelHandle, output: str | Path, target: str = "onnxruntime", overwrite: bool = False) -> Path:
-    """Write ``handle``'s model as ONNX for ``target`` with dynamic batch and sequence axes."""
+    """Write ``handle``'s model as ONNX for ``target`` with the adapter's dynamic axes (batch, sequence)."""
     if target not in TARGETS:
         raise CompressorError(f"unknown export target '{target}'; choose one of: {', '.join(TARGETS)}")
     output = Path(output)
     input_names = handle.adapter.input_names(handle.tokenizer)
     output_names = list(handle.adapter.output_names)
-    dummy = handle.adapter.dummy_inputs(handle.tokenizer)
-    axes = {name: {0: "batch", 1: "sequence"} for name in (*input_names, *output_names)}
+    dummy = handle.adapter.dummy_inputs(handle)
+    axes = handle.adapter.dynamic_axes(input_names)
     layers = [m for m in handle.model.modules() if isinstance(m, Int8Linear)]
     for layer in layers:
         layer.export_fn = _int8_export_fn(target)
@@ -125,6 +129,7 @@ def export_onnx(handle: ModelHandle, output: str | Path, target: str = "onnxrunt
                 dynamo=False,
             )
             graph = onnx.load(str(scratch))
+            fold_static_squeezes(graph)
             if quant:
                 graph = lower_quant_linears(graph, quant, target)
             if target == "onnxruntime":
@@ -141,10 +146,42 @@ def export_onnx(handle: ModelHandle, output: str | Path, target: str = "onnxrunt
 
 
 def _set_attention(model: nn.Module, implementation: str | None) -> str | None:
+    """Switch a transformers model's attention; a no-op for diffusers models, whose SDPA attention
+    already exports as plain MatMul/Softmax."""
     previous = getattr(model.config, "_attn_implementation", None)
     if implementation and previous and hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation(implementation)
     return previous
+
+
+def fold_static_squeezes(model: onnx.ModelProto) -> None:
+    """The tracer writes ``x.squeeze(d)`` as If(shape[d] == 1, Squeeze, Identity) when it lost dim d's size
+    (a Reshape to -1 behind a dynamic batch does that). ONNX shape inference often still knows the size
+    (PixArt's patch count), and ONNX Runtime rejects an If whose Squeeze branch cannot type-check, so
+    each such If whose dim is known becomes the branch that runs."""
+    ifs = [node for node in model.graph.node if node.op_type == "If"]
+    if not ifs:
+        return
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+              for v in (*inferred.value_info, *inferred.input)}
+    for node in ifs:
+        branches = {a.name: list(a.g.node) for a in node.attribute}
+        then, other = branches["then_branch"], branches["else_branch"]
+        if [n.op_type for n in then] != ["Constant", "Squeeze"] or [n.op_type for n in other] != ["Identity"]:
+            continue
+        x, axes = other[0].input[0], numpy_helper.to_array(then[0].attribute[0].t).reshape(-1).tolist()
+        shape = shapes.get(x)
+        if len(axes) != 1 or not shape or not -len(shape) <= axes[0] < len(shape) or shape[axes[0]] is None:
+            continue
+        if shape[axes[0]] == 1:
+            replacement = [then[0], helper.make_node("Squeeze", [x, then[0].output[0]], list(node.output), name=node.name)]
+        else:
+            replacement = [helper.make_node("Identity", [x], list(node.output), name=node.name)]
+        index = list(model.graph.node).index(node)
+        model.graph.node.remove(node)
+        for offset, new in enumerate(replacement):
+            model.graph.node.insert(index + offset, new)
 
 
 def fuse_bias_into_integer_matmul(model: onnx.ModelProto) -> None:

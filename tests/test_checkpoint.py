@@ -81,7 +81,9 @@ def test_record(record, recipe, calib_file, minilm_dir):
     assert sorted(record["fallback"]) == sorted(layer["name"] for layer in floats)
     assert record["recipe"] == recipe.to_dict()
     assert Recipe.from_dict(record["recipe"]) == recipe
-    assert record["calibration"] == {"data": str(calib_file), "samples": 48, "max_length": recipe.max_length}
+    calibration = record["calibration"]
+    assert (calibration["data"], calibration["samples"], calibration["max_length"]) == (str(calib_file), 48, 128)
+    assert calibration["default"] is False and "48 sentences" in calibration["description"]
     assert record["source"] == str(minilm_dir)
     for layer in layers:
         if layer["format"] == "int8":

@@ -9,7 +9,7 @@ from compressor.recipe import PRESETS, Recipe, load_recipe
 
 
 def test_presets():
-    assert set(PRESETS) == {"int8", "int8-minmax", "nvfp4", "mxfp4", "w4a16-nvfp4", "int4-awq", "fp8", "fp4-int8"}
+    assert set(PRESETS) == {"int8", "int8-minmax", "nvfp4", "mxfp4", "w4a16-nvfp4", "int4-awq", "fp8", "fp4-int8", "w4a8"}
     default = load_recipe("int8")
     assert default == Recipe()
     assert (default.observer, default.smoothquant, default.fallback_max_layers) == ("percentile", True, 2)

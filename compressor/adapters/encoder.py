@@ -6,8 +6,10 @@ from torch import nn
 
 
 class EncoderAdapter:
+    kind = "encoder"
     model_types = ("bert", "roberta", "xlm-roberta", "electra", "camembert")
     output_names = ("last_hidden_state",)
+    keep_float: tuple[str, ...] = ()
 
     @classmethod
     def supports(cls, config) -> bool:
@@ -49,5 +51,31 @@ class EncoderAdapter:
         mean = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
         return torch.nn.functional.normalize(mean, dim=-1)
 
-    def dummy_inputs(self, tokenizer) -> dict[str, torch.Tensor]:
-        return self.tokenize(tokenizer, ["a short example", "and a second, slightly longer example sentence"], 32)
+    def dummy_inputs(self, handle) -> dict[str, torch.Tensor]:
+        return self.tokenize(handle.tokenizer, ["a short example", "and a second, slightly longer example sentence"], 32)
+
+    def dynamic_axes(self, input_names) -> dict[str, dict[int, str]]:
+        return {name: {0: "batch", 1: "sequence"} for name in (*input_names, *self.output_names)}
+
+    def save_metadata(self, handle, directory) -> None:
+        handle.model.config.save_pretrained(directory)
+        handle.tokenizer.save_pretrained(directory)
+
+    def calibration(self, handle, calib_data, recipe) -> tuple[list[dict], list[dict], dict]:
+        """Tokenized calibration batches, the batches the output error is measured on, and a record."""
+        from calibrators.data import read_sentences, sample_sentences
+        from compressor.data import default_calibration_file
+
+        source = calib_data if calib_data is not None else default_calibration_file()
+        sentences = sample_sentences(read_sentences(source), recipe.calib_samples, recipe.seed)
+        info = {"data": str(source), "default": calib_data is None, "samples": len(sentences),
+                "max_length": recipe.max_length, "description": f"{len(sentences)} sentences from `{source}`"}
+        return (self.batches(handle, sentences, recipe),
+                self.batches(handle, sentences[: recipe.sensitivity_samples], recipe), info)
+
+    def batches(self, handle, sentences: list[str], recipe) -> list[dict]:
+        from calibrators.data import batches
+
+        # Sorting by length keeps padding (wasted compute) low; order does not matter for statistics.
+        ordered = sorted(sentences, key=len)
+        return [handle.tokenize(chunk, recipe.max_length) for chunk in batches(ordered, recipe.batch_size)]

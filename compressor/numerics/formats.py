@@ -202,6 +202,7 @@ SCHEMES: dict[str, Scheme] = {s.name: s for s in [
     Scheme("w4a16-int4", "int4", "none", "group-wise INT4 weights, float inputs"),
     Scheme("w8a16-int8", "int8", "none", "per-channel INT8 weights, float inputs"),
     Scheme("w4a8-int4", "int4", "int8", "group-wise INT4 weights, static per-tensor INT8 inputs"),
+    Scheme("w4a8-nvfp4", "nvfp4", "int8", "NVFP4 weights, static per-tensor INT8 inputs"),
     Scheme("float", None, "none", "kept in 16/32-bit float"),
 ]}
 

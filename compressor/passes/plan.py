@@ -21,6 +21,7 @@ class LayerRecord:
     rounding: str = "rtn"
     sensitivity: dict | None = None  # scheme → model output error with only this layer in that scheme
     fallback_gain: float | None = None
+    in_budget: bool = True  # False for layers an adapter keeps in float by default (DiT conditioning)
     note: str = ""
 
     def to_dict(self) -> dict:

@@ -24,14 +24,21 @@ from compressor.quant_linear import QuantLinear
 from compressor.recipe import Recipe
 
 
-def layer_options(names: list[str], recipe: Recipe) -> dict[str, list[str]]:
-    """Schemes each layer may take: float when excluded, a pinned one, the search candidates, or the
-    recipe's scheme."""
+def layer_options(names: list[str], recipe: Recipe, keep_float: tuple[str, ...] = ()) -> dict[str, list[str]]:
+    """Schemes each layer may take: float when excluded, a pinned one, float when the adapter keeps it
+    so by default (and no pattern pins it), the search candidates, or the recipe's scheme."""
     options = {}
     for name in names:
         pinned = "float" if matches(name, recipe.exclude) else pinned_scheme(name, recipe.formats)
+        if kept_by_default(name, recipe, keep_float):
+            pinned = "float"
         options[name] = [pinned] if pinned else list(recipe.candidates) if recipe.candidates else [recipe.scheme]
     return options
+
+
+def kept_by_default(name: str, recipe: Recipe, keep_float: tuple[str, ...]) -> bool:
+    """Matched by the adapter's float patterns and by no recipe pattern."""
+    return not matches(name, recipe.exclude) and not pinned_scheme(name, recipe.formats) and matches(name, keep_float)
 
 
 def _layer_error(module: nn.Module, linear: nn.Linear, x: torch.Tensor) -> float:
@@ -103,7 +110,10 @@ class _Candidates:
             name, scheme, scheme_bits(spec, linear.in_features, recipe.group_size, recipe.symmetric), linear.weight.numel()
         )
         if spec.weight is None:
-            record.note = "excluded by recipe" if matches(name, recipe.exclude) else "kept in float by recipe"
+            if kept_by_default(name, recipe, self.handle.adapter.keep_float):
+                record.note = "kept in float by default (conditioning or output projection; outside the bit budget)"
+            else:
+                record.note = "excluded by recipe" if matches(name, recipe.exclude) else "kept in float by recipe"
             return linear, record
         choice, smooth = self.smoothing.get((name, scheme)), self.smooth(name, scheme)
         if smooth is not None:
@@ -139,10 +149,12 @@ def quantize_layers(
 ) -> QuantizationPlan:
     """Swap the eligible Linear layers for their quantized versions in place; returns the plan."""
     model = handle.model
-    options = layer_options(handle.adapter.quantizable_layers(model), recipe)
+    options = layer_options(handle.adapter.quantizable_layers(model), recipe, handle.adapter.keep_float)
+    # Layers the adapter keeps in float by default are outside the bit budget (reported apart).
+    budgeted = [n for n in options if not kept_by_default(n, recipe, handle.adapter.keep_float)]
     if any(len(o) > 1 for o in options.values()):  # fail before the slow part
-        check_budget({n: [_bits(model, n, s, recipe) for s in options[n]] for n in options},
-                     {n: model.get_submodule(n).weight.numel() for n in options}, recipe.max_bits)
+        check_budget({n: [_bits(model, n, s, recipe) for s in options[n]] for n in budgeted},
+                     {n: model.get_submodule(n).weight.numel() for n in budgeted}, recipe.max_bits)
     candidates = _Candidates(handle, calib_batches, recipe, options)
     built = {
         n: {s: candidates.build(n, s) for s in options[n]}
@@ -151,9 +163,11 @@ def quantize_layers(
     plan = QuantizationPlan()
     chosen = {n: options[n][0] for n in options}
     if any(len(o) > 1 for o in options.values()):
-        chosen, plan.search = _search(handle, built, recipe, sensitivity_batches, references)
+        searched, plan.search = _search(handle, {n: built[n] for n in budgeted}, recipe, sensitivity_batches, references)
+        chosen.update(searched)
     for name, scheme in chosen.items():
         module, record = built[name][scheme]
+        record.in_budget = name in budgeted
         set_module(model, name, module)
         plan.layers.append(record)
     return plan

@@ -1,0 +1,1 @@
+"""Diffusion Transformers: sampling loops, calibration across timesteps and image-quality metrics."""
