@@ -48,7 +48,8 @@ SETTINGS = [
     ("W4A4 MXFP4, rtn (preset mxfp4)", "mxfp4", {}),
     ("W4A4 MXFP4, gptq", "mxfp4", {"rounding": "gptq"}),
     ("W8A8 FP8 (preset fp8)", "fp8", {}),
-    ("fp4-int8 search, max 5.0 bits (preset fp4-int8)", "fp4-int8", {}),
+    ("NVFP4 W4A4 / INT8 W8A8 search, max 5.0 bits", "fp4-int8", {"candidates": ["nvfp4", "int8"]}),
+    ("fp4-int8 search, W4A8 also a candidate, max 5.0 bits (preset fp4-int8)", "fp4-int8", {}),
     ("W4A16 NVFP4 gptq + INT8 embeddings", "w4a16-nvfp4", {"embeddings": "int8", "name": "w4a16-nvfp4-emb8"}),
     ("W4A16 NVFP4 gptq + NVFP4 embeddings", "w4a16-nvfp4", {"embeddings": "nvfp4", "name": "w4a16-nvfp4-emb4"}),
 ]

@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge", help="DiTs: judge classifier (safetensors) for class accuracy and Fréchet distance")
     p.add_argument("--num-samples", type=int, default=1000, help="DiTs: images sampled per model")
     p.add_argument("--steps", type=int, default=25, help="DiTs: DDIM steps per sample")
-    p.add_argument("--guidance", type=float, default=2.0, help="DiTs: classifier-free guidance scale")
+    p.add_argument("--guidance", type=float, default=1.5, help="DiTs: classifier-free guidance scale")
     p.add_argument("--seed", type=int, default=0, help="DiTs: sampling seed (the same noise for every model)")
     p.add_argument("--batch", type=int, default=32, help="latency batch (DiTs: 16 is a good choice)")
     p.add_argument("--length", type=int, default=128)

@@ -64,7 +64,7 @@ class Recipe:
     calib_samples: int = 256
     calib_images: int = 64
     sampling_steps: int = 25
-    guidance_scale: float = 2.0
+    guidance_scale: float = 1.5
     batch_size: int = 32
     max_length: int = 128
     exclude: list[str] = field(default_factory=list)  # wildcard module names kept in float
@@ -160,8 +160,9 @@ PRESETS: dict[str, dict] = {
     "fp8": {"name": "fp8", "scheme": "fp8", "observer": "max", "fallback_max_layers": 0},
     # NVFP4 weights with static INT8 inputs.
     "w4a8": {"name": "w4a8", "scheme": "w4a8-nvfp4", "rounding": "gptq", "fallback_max_layers": 0},
-    # Per-layer NVFP4 (W4A4) or INT8 (W8A8), chosen from measured sensitivity within 5 bits per weight.
-    "fp4-int8": {"name": "fp4-int8", "scheme": "nvfp4", "candidates": ["nvfp4", "int8"], "max_bits": 5.0,
+    # Per layer NVFP4 weights with NVFP4 (W4A4) or INT8 (W4A8) inputs, or INT8 W8A8, chosen from measured
+    # sensitivity within 5 bits per weight.
+    "fp4-int8": {"name": "fp4-int8", "scheme": "nvfp4", "candidates": ["nvfp4", "w4a8-nvfp4", "int8"], "max_bits": 5.0,
                  "rounding": "gptq", "fallback_max_layers": 0},
 }
 

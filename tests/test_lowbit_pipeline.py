@@ -175,7 +175,7 @@ def test_recipe_rejects_bad_lowbit_fields(fields, message):
 
 
 def test_presets_name_their_formats():
-    assert load_recipe("fp4-int8").candidates == ["nvfp4", "int8"] and load_recipe("fp4-int8").max_bits == 5.0
+    assert load_recipe("fp4-int8").candidates == ["nvfp4", "w4a8-nvfp4", "int8"] and load_recipe("fp4-int8").max_bits == 5.0
     assert load_recipe("int4-awq").scheme == "w4a16-int4" and load_recipe("int4-awq").awq
     assert load_recipe("w4a16-nvfp4").scheme == "w4a16-nvfp4"
 

@@ -16,8 +16,8 @@ from compressor.diffusion.quality import frechet_distance, judge_scores, psnr, s
 from compressor.diffusion.sampling import sample
 from compressor.errors import CompressorError
 from compressor.evaluation.onnx_runner import median_latencies
-from exporters.atomic import atomic_directory
-from exporters.checkpoint import checkpoint_bytes, load_any
+from exporters.atomic import atomic_directory, check_can_write
+from exporters.checkpoint import checkpoint_bytes, is_compressed_checkpoint, load_any
 from exporters.onnx_export import export_onnx, onnx_session
 
 
@@ -25,7 +25,7 @@ from exporters.onnx_export import export_onnx, onnx_session
 class SamplingSetup:
     samples: int = 1000
     steps: int = 25
-    guidance: float = 2.0
+    guidance: float = 1.5
     seed: int = 0
     chunk: int = 250  # images per sampling batch; each chunk has its own seed, identical for every model
 
@@ -59,6 +59,10 @@ def compare_diffusion(model_dir, compressed_dirs: list, report_dir, setup: Sampl
     from compressor.evaluation.judge import load_judge
 
     setup.validate()
+    check_can_write(Path(report_dir), overwrite)
+    for path in compressed_dirs:
+        if not is_compressed_checkpoint(path):
+            raise CompressorError(f"{path} is not a compressed checkpoint (run compressor compress first)")
     judge = load_judge(judge_path) if judge_path is not None else None
     names = ["original"] + [Path(p).name for p in compressed_dirs]
     if len(set(names)) != len(names):
