@@ -110,7 +110,7 @@ def _compare(args) -> None:
     if args.eval_data is None:
         raise CompressorError("--eval-data is required for text models (an STS TSV or a sentence file)")
     report = compare(
-        resolve_model_dir(args.model_dir), args.compressed, args.eval_data, args.report,
+        model_dir, args.compressed, args.eval_data, args.report,
         batch=args.batch, length=args.length, threads=args.threads, repeats=args.repeats, overwrite=args.overwrite,
     )
     print(format_console_table(report))

@@ -14,7 +14,6 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from compressor.adapters import adapter_for  # noqa: E402
-from compressor.adapters.diffusion import WEIGHTS as WEIGHTS_DIFFUSERS  # noqa: E402
 from compressor.adapters.diffusion import DiffusionTransformerAdapter, diffusers_class_name  # noqa: E402
 from compressor.errors import CompressorError  # noqa: E402
 
@@ -105,16 +104,14 @@ def load_model(path: str | Path) -> ModelHandle:
     path = check_checkpoint_dir(path)
     class_name = diffusers_class_name(path)
     if class_name is not None:
-        for name in WEIGHTS_DIFFUSERS:
-            if (path / name).suffix == ".safetensors" and (path / name).is_file():
-                _check_safetensors(path / name)
         adapter = DiffusionTransformerAdapter(class_name, path)
         return ModelHandle(model=adapter.load(), tokenizer=None, adapter=adapter, source=path)
     config = read_config(path)
     adapter = adapter_for(config)
     if adapter is None:
         raise CompressorError(
-            f"model type {config.model_type!r} in {path} has no adapter yet (supported: bert-family encoders, and diffusers DiT/PixArt transformers)"
+            f"model type {config.model_type!r} in {path} has no adapter yet "
+            "(supported: bert-family encoders, and diffusers DiT/PixArt transformers)"
         )
     weights = [path / name for name in WEIGHT_FILES if (path / name).is_file()]
     if not weights:

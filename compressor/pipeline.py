@@ -28,12 +28,6 @@ def quantize_model(handle: ModelHandle, calib: list[dict], sensitivity_batches: 
     """Quantize ``handle.model`` in place from calibration batches of the adapter's inputs; the output
     error is measured on ``sensitivity_batches``. Returns the record of what was done."""
     started = time.perf_counter()
-    timestep_ranges = None
-    if handle.adapter.kind == "diffusion":
-        from calibrators.trajectory import ranges_per_timestep
-
-        watched = handle.adapter.quantizable_layers(handle.model)
-        timestep_ranges = ranges_per_timestep(handle.model, calib, watched, handle.adapter)
     with torch.no_grad():
         references = [handle.adapter.forward(handle.model, b) for b in sensitivity_batches]
     originals = {name: handle.model.get_submodule(name) for name in handle.adapter.quantizable_layers(handle.model)}
@@ -50,7 +44,7 @@ def quantize_model(handle: ModelHandle, calib: list[dict], sensitivity_batches: 
         )
         errors["output_error_final"] = output_error(handle, sensitivity_batches, references)
     layers = [layer.to_dict() for layer in plan.layers]
-    record = {
+    return {
         "recipe": recipe.to_dict(),
         "layers": layers,
         # over the layers the recipe quantizes (or keeps in float itself); the adapter's default float layers are apart
@@ -62,9 +56,6 @@ def quantize_model(handle: ModelHandle, calib: list[dict], sensitivity_batches: 
         "output_error": errors,
         "seconds": round(time.perf_counter() - started, 2),
     }
-    if timestep_ranges is not None:
-        record["timestep_ranges"] = timestep_ranges
-    return record
 
 
 def _bits(layers: list[dict], only_budget: bool) -> float:

@@ -22,6 +22,15 @@ STS_DEV = SHARED_DATA / "stsb" / "sts-dev.csv"
 TEST_RECIPE = dict(calib_samples=48, sensitivity_samples=16, search_tokens=1024)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread: more only adds synchronisation."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_recipe() -> Recipe:
     return Recipe(**TEST_RECIPE)
 

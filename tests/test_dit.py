@@ -35,13 +35,7 @@ DIT_INPUTS = ["hidden_states", "timestep", "class_labels"]
 QUANTIZED_PER_BLOCK, FLOAT_PER_BLOCK = 6, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These tiny models run fastest on one thread; more only adds synchronisation.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def randomized(model: nn.Module) -> nn.Module:
@@ -200,7 +194,7 @@ def test_record_has_per_step_ranges_and_default_calibration(compressed, dit):
     _, handle = compressed("int8")
     scheduler = DDIMScheduler.from_pretrained(dit[0])
     scheduler.set_timesteps(STEPS)
-    ranges = handle.info["timestep_ranges"]
+    ranges = handle.info["calibration"]["timestep_ranges"]
     assert ranges["timesteps"] == scheduler.timesteps.tolist()
     assert sorted(ranges["input_amax"]) == sorted(formats(handle))
     assert all(len(amax) == STEPS and min(amax) > 0 for amax in ranges["input_amax"].values())

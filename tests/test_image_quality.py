@@ -14,12 +14,7 @@ from compressor.diffusion.quality import frechet_distance, judge_scores, psnr, s
 from compressor.errors import CompressorError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_images(seed: int, shape=(3, 2, 16, 20)) -> torch.Tensor:

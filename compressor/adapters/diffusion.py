@@ -62,6 +62,10 @@ class DiffusionTransformerAdapter:
         path = self.directory
         if not any((path / name).is_file() for name in WEIGHTS):
             raise CompressorError(f"{path} has no weight file (looked for {', '.join(WEIGHTS)})")
+        if (path / WEIGHTS[0]).is_file():
+            from compressor.model import _check_safetensors  # a truncated file fails here, not mid-run
+
+            _check_safetensors(path / WEIGHTS[0])
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -142,6 +146,13 @@ class DiffusionTransformerAdapter:
     def calibration(self, handle, calib_data, recipe) -> tuple[list[dict], list[dict], dict]:
         return calibration_trajectory(self, handle, calib_data, recipe)
 
+    def null_conditioning(self, model: nn.Module, conditioning: torch.Tensor) -> torch.Tensor:
+        """What classifier-free guidance's unconditional half is fed: diffusers' DiT keeps the label row
+        after the last class for "no class"; for captions, zero embeddings stand in for the empty prompt."""
+        if self.conditioning == "class_labels":
+            return torch.full_like(conditioning, self.num_classes(model))
+        return torch.zeros_like(conditioning)
+
     def denoiser(self, model: nn.Module):
         """The model as the sampling loop calls it: (latents, timesteps, conditioning) → output."""
         def run(latents, timesteps, conditioning):
@@ -158,7 +169,7 @@ def split_prediction(output: torch.Tensor, latents: torch.Tensor) -> torch.Tenso
 
 def calibration_trajectory(self, handle, calib_data, recipe) -> tuple[list[dict], list[dict], dict]:
     """Denoiser inputs along the float model's own sampling trajectory: one batch per step."""
-    from calibrators.trajectory import TrajectorySpec, record_trajectory
+    from calibrators.trajectory import TrajectorySpec, ranges_per_timestep, record_trajectory
 
     model, classes = handle.model, self.num_classes(handle.model)
     if calib_data is not None:
@@ -171,19 +182,20 @@ def calibration_trajectory(self, handle, calib_data, recipe) -> tuple[list[dict]
     spec.validate(classes if self.conditioning == "class_labels" else None)
     if self.conditioning == "class_labels":
         conditioning = torch.tensor(spec.class_labels)
-        null = torch.full_like(conditioning, classes)  # diffusers' DiT keeps the last label row for "no class"
         what = f"classes {_label_summary(spec.class_labels)}"
     else:
         generator = torch.Generator().manual_seed(spec.seed)
         conditioning = torch.randn((len(spec.class_labels), 8, model.config.caption_channels), generator=generator)
-        null = torch.zeros_like(conditioning)
         what = "Gaussian caption embeddings"
-    batches = record_trajectory(self, model, spec, conditioning, null if spec.guidance != 1 else None)
+    null = self.null_conditioning(model, conditioning) if spec.guidance != 1 else None
+    batches = record_trajectory(self, model, spec, conditioning, null)
     source = str(calib_data) if calib_data is not None else "the default trajectory"
     info = {"data": source, "default": calib_data is None, "samples": len(spec.class_labels), "steps": spec.steps,
             "guidance": spec.guidance, "seed": spec.seed,
             "description": f"{len(spec.class_labels)} images ({what}, seed {spec.seed}) sampled over {spec.steps} "
                            f"DDIM steps with guidance {spec.guidance:g}, from {source}"}
+    # How far each layer's input range moves along the trajectory (scales are chosen over all of it).
+    info["timestep_ranges"] = ranges_per_timestep(model, batches, self.quantizable_layers(model), self)
     # The output error is measured on a spread of steps, early to late.
     stride = max(1, len(batches) // 8)
     return batches, batches[::stride], info

@@ -49,7 +49,7 @@ def generate(handle, labels: torch.Tensor, setup: SamplingSetup, desc: str = "sa
         chunk = labels[start : start + setup.chunk]
         out.append(sample(adapter.denoiser(model), adapter.scheduler(), chunk, shape=adapter.latent_shape(model),
                           steps=setup.steps, guidance=setup.guidance, seed=setup.seed + index,
-                          null_conditioning=torch.full_like(chunk, classes)))
+                          null_conditioning=adapter.null_conditioning(model, chunk)))
     return torch.cat(out)
 
 
