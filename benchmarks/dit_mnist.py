@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from compressor.cli import plan_table  # noqa: E402
-from compressor.diffusion.compare import SamplingSetup, compare_diffusion, images_from, markdown_table  # noqa: E402
+from compressor.compare import markdown_table  # noqa: E402
+from compressor.evaluation.generated_images import SamplingSetup, compare_diffusion, images_from  # noqa: E402
 from compressor.pipeline import compress  # noqa: E402
 from compressor.recipe import Recipe, load_recipe  # noqa: E402
 
@@ -58,7 +59,7 @@ def _relative(path: str) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(ROOT / "examples/mnist_dit/model"))
-    p.add_argument("--judge", default=str(ROOT / "examples/mnist_dit/judge.safetensors"))
+    p.add_argument("--judge", default=str(ROOT / "examples/mnist_dit/judge.pt"))
     p.add_argument("--mnist", default=str(ROOT.parent / "shared/data/mnist"))
     p.add_argument("--samples", type=int, default=1000)
     p.add_argument("--steps", type=int, default=25)

@@ -16,14 +16,19 @@ def _compress(args) -> None:
     from compressor.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
-    overrides = {"calib_samples": args.num_samples, "calib_images": args.num_samples} if args.num_samples else {}
+    if args.num_samples is not None:
+        if args.num_samples < 1:
+            raise CompressorError(f"--num-samples must be at least 1, got {args.num_samples}")
+        recipe = recipe.with_calibration(calib_samples=args.num_samples, calib_images=args.num_samples)
     if args.max_bits is not None:
-        overrides["max_bits"] = args.max_bits
-        if not recipe.candidates:
+        quantize = recipe.find("quantize")
+        if quantize is None or not quantize.config.candidates:
+            what = f"uses {quantize.config.scheme} everywhere" if quantize is not None else "has no quantize pass"
             raise CompressorError(f"--max-bits needs a recipe that searches per-layer formats (e.g. fp4-int8); "
-                                  f"'{recipe.name}' uses {recipe.scheme} everywhere")
-    if overrides:
-        recipe = type(recipe).from_dict(overrides, base=recipe)
+                                  f"'{recipe.name}' {what}")
+        if args.max_bits <= 0:
+            raise CompressorError(f"--max-bits must be > 0, got {args.max_bits}")
+        quantize.config.max_bits = args.max_bits
     handle = compress(resolve_model_dir(args.model_dir), recipe, args.calib_data, args.output,
                       overwrite=args.overwrite, announce=lambda text: print(text, file=sys.stderr))
     print(plan_table(handle.info))
@@ -69,7 +74,7 @@ def plan_table(record: dict) -> str:
         lines.append(f"embedding {table['name']}: {table['format']}, {table['bits']:.2f} bits per value, "
                      f"relative error {table['error']:.2e}")
     errors = record.get("output_error")
-    if errors:
+    if errors and "tolerance" in errors:  # the fallback pass ran
         before, after = errors["output_error_quantized"], errors["output_error_final"]
         if record["fallback"]:
             lines.append(f"fallback: relative output error {before:.2%} with every layer INT8, {after:.2%} with "
@@ -84,49 +89,52 @@ def plan_table(record: dict) -> str:
 
 
 def _export(args) -> None:
+    from exporters.atomic import check_can_write
+
+    # Argument checks first: they need no model.
+    shape_texts = {"--min-shapes": args.min_shapes, "--opt-shapes": args.opt_shapes, "--max-shapes": args.max_shapes}
+    if args.format == "onnx":
+        engine_only = [option for option, text in shape_texts.items() if text is not None]
+        engine_only += ["--sparse-weights"] if args.sparse_weights else []
+        if engine_only:
+            verb = "apply" if len(engine_only) > 1 else "applies"
+            raise CompressorError(f"{', '.join(engine_only)} {verb} only to --format tensorrt")
+        target = args.target or "onnxruntime"
+    else:
+        if args.target not in (None, "tensorrt"):
+            raise CompressorError(f"--format tensorrt always builds the engine from the tensorrt-target graph; "
+                                  f"drop --target {args.target} (or export ONNX with --format onnx)")
+        from exporters.tensorrt_engine import build_engine, import_tensorrt, parse_shape_option
+
+        low, opt, high = (parse_shape_option(text, option) for option, text in shape_texts.items())
+    check_can_write(Path(args.output), args.overwrite)
+    if args.format == "tensorrt":
+        import_tensorrt()  # fail before loading and exporting when TensorRT is missing
+
     from exporters.checkpoint import load_any
     from exporters.onnx_export import export_onnx
 
     handle = load_any(resolve_model_dir(args.model_dir))
     if args.format == "onnx":
-        export_onnx(handle, args.output, args.target, overwrite=args.overwrite)
+        export_onnx(handle, args.output, target, overwrite=args.overwrite)
     else:
-        from exporters.tensorrt_engine import build_engine, import_tensorrt
-
-        import_tensorrt()  # fail before exporting when TensorRT is missing
         with tempfile.TemporaryDirectory() as scratch:
             onnx_path = export_onnx(handle, Path(scratch) / "model.onnx", "tensorrt")
-            build_engine(onnx_path, args.output, overwrite=args.overwrite)
+            build_engine(onnx_path, args.output, min_shapes=low, opt_shapes=opt, max_shapes=high,
+                         sparse_weights=args.sparse_weights, overwrite=args.overwrite)
     print(f"wrote {args.output}")
 
 
 def _compare(args) -> None:
-    from compressor.adapters.diffusion import diffusers_class_name
-    from compressor.compare import compare, format_console_table
+    from compressor.compare import compare, format_console_table, report_files
 
-    model_dir = resolve_model_dir(args.model_dir)
-    if diffusers_class_name(Path(model_dir)) is not None:
-        return _compare_diffusion(args, model_dir)
-    if args.eval_data is None:
-        raise CompressorError("--eval-data is required for text models (an STS TSV or a sentence file)")
     report = compare(
-        model_dir, args.compressed, args.eval_data, args.report,
+        resolve_model_dir(args.model_dir), args.compressed, args.eval_data, args.report,
+        judge=args.judge, samples=args.num_samples, steps=args.steps, guidance=args.guidance, seed=args.seed,
         batch=args.batch, length=args.length, threads=args.threads, repeats=args.repeats, overwrite=args.overwrite,
     )
     print(format_console_table(report))
-    print(f"wrote {args.report}/report.json, report.md, report.png")
-
-
-def _compare_diffusion(args, model_dir) -> None:
-    from compressor.diffusion.compare import SamplingSetup, compare_diffusion, images_from, markdown_table
-
-    setup = SamplingSetup(args.num_samples, args.steps, args.guidance, args.seed)
-    real = images_from(args.eval_data) if args.eval_data is not None else None
-    report = compare_diffusion(model_dir, args.compressed, args.report, setup, judge_path=args.judge,
-                               real_images=real, latency_batch=args.batch, threads=args.threads,
-                               repeats=args.repeats, overwrite=args.overwrite)
-    print(markdown_table(report).split("\n\n")[0])
-    print(f"wrote {args.report}/report.json, report.md, samples.png")
+    print(f"wrote {args.report}/{', '.join(report_files(report))}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,8 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a checkpoint (original or compressed) to ONNX or a TensorRT engine")
     p.add_argument("model_dir")
     p.add_argument("--format", choices=("onnx", "tensorrt"), default="onnx")
-    p.add_argument("--target", choices=("onnxruntime", "tensorrt"), default="onnxruntime",
-                   help="ONNX flavour: integer kernels for ONNX Runtime, or Q/DQ explicit quantization for TensorRT")
+    p.add_argument("--target", choices=("onnxruntime", "tensorrt"), default=None,
+                   help="ONNX flavour: integer kernels for ONNX Runtime (the default), or Q/DQ explicit quantization "
+                   "for TensorRT; --format tensorrt always builds from the tensorrt graph")
+    for option, which, example in (("--min-shapes", "smallest", "batch=1,sequence=1"),
+                                   ("--opt-shapes", "tuned-for", "batch=8,sequence=128"),
+                                   ("--max-shapes", "largest", "batch=32,sequence=512")):
+        p.add_argument(option, metavar="DIM=N,...",
+                       help=f"--format tensorrt: {which} size of the graph's named dynamic dimensions, e.g. {example} "
+                       "(defaults: batch 1/8/32, sequence 1/128/512)")
+    p.add_argument("--sparse-weights", action="store_true",
+                   help="--format tensorrt: let TensorRT use 2:4 structured-sparse kernels where weights allow")
     p.add_argument("--output", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(run=_export)
@@ -160,11 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir", help="the original checkpoint directory (or 'default')")
     p.add_argument("compressed", nargs="+", help="compressed checkpoint directories")
     p.add_argument("--eval-data", help="text models: STS-style TSV (Spearman + fidelity) or plain sentences "
-                   "(fidelity); DiTs: a directory of MNIST idx files whose last 1,000 images are the real "
-                   "images for the Fréchet distance")
+                   "(fidelity); DiTs: IDX image data (a directory holding *images-idx3-ubyte*, as MNIST ships) "
+                   "whose last 1,000 images are the real images for the Fréchet distance")
     p.add_argument("--report", required=True, help="report directory: report.json, report.md and report.png "
                    "(samples.png for DiTs)")
-    p.add_argument("--judge", help="DiTs: judge classifier (safetensors) for class accuracy and Fréchet distance")
+    p.add_argument("--judge", help="DiTs: judge classifier for class accuracy and Fréchet distance, a TorchScript "
+                   "file mapping images in [-1, 1] to (logits, features)")
     p.add_argument("--num-samples", type=int, default=1000, help="DiTs: images sampled per model")
     p.add_argument("--steps", type=int, default=25, help="DiTs: DDIM steps per sample")
     p.add_argument("--guidance", type=float, default=1.5, help="DiTs: classifier-free guidance scale")

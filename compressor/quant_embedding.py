@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from compressor.numerics.formats import make_weight_format
-from compressor.quant_linear import PackedWeight
+from compressor.quant_linear import MODULE_KINDS, PackedWeight
 
 
+@MODULE_KINDS.register("quant_embedding")
 class QuantEmbedding(PackedWeight):
     def __init__(self, num_embeddings: int, embedding_dim: int, fmt: str, padding_idx: int | None = None,
                  group_size: int = 128, symmetric: bool = True):
@@ -26,6 +27,17 @@ class QuantEmbedding(PackedWeight):
         layer = cls(embedding.num_embeddings, embedding.embedding_dim, fmt, embedding.padding_idx, group_size, symmetric)
         layer.store_weight(embedding.weight.detach().float())
         return layer
+
+    def checkpoint_entry(self) -> dict:
+        fmt = self.format.describe()
+        return {"module": self.registered_name, "num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim,
+                "format": self.format_name, "padding_idx": self.padding_idx,
+                "group_size": fmt.get("group_size", 128), "symmetric": fmt.get("symmetric", True)}
+
+    @classmethod
+    def from_entry(cls, entry: dict) -> "QuantEmbedding":
+        return cls(entry["num_embeddings"], entry["embedding_dim"], entry["format"], entry["padding_idx"],
+                   entry["group_size"], entry["symmetric"])
 
     @property
     def weight(self) -> torch.Tensor:

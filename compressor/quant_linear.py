@@ -12,11 +12,15 @@ from torch import nn
 
 from compressor.numerics.formats import SCHEMES, Scheme, make_weight_format
 from compressor.numerics.fp8 import fake_quantize_fp8
+from compressor.numerics.hadamard import check_rotatable, hadamard_matrix, rotate_blocks
 from compressor.numerics.int8 import fake_quantize_int8
 from compressor.numerics.mxfp4 import fake_quantize_mxfp4
 from compressor.numerics.nvfp4 import fake_quantize_nvfp4
+from compressor.registry import Registry
 
 WEIGHT_PREFIX = "weight_"
+# Module kinds a compressed checkpoint can hold: kind → class with ``from_entry`` (see checkpoint_entry).
+MODULE_KINDS = Registry("module kind")
 
 
 class PackedWeight(nn.Module):
@@ -52,6 +56,7 @@ class PackedWeight(nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
 
 
+@MODULE_KINDS.register("quant_linear")
 class QuantLinear(PackedWeight):
     def __init__(
         self,
@@ -62,6 +67,7 @@ class QuantLinear(PackedWeight):
         smooth: bool = False,
         group_size: int = 128,
         symmetric: bool = True,
+        rotation: int = 0,
     ):
         super().__init__()
         self.scheme: Scheme = SCHEMES[scheme]
@@ -73,6 +79,12 @@ class QuantLinear(PackedWeight):
         self.register_buffer("input_smooth", torch.ones(in_features) if smooth else None)
         has_input_scale = self.scheme.activation in ("int8", "fp8", "nvfp4")
         self.register_buffer("input_scale", torch.tensor(1.0) if has_input_scale else None)
+        # Block size of the input's Hadamard rotation (0: none). The stored weight is the rotated one,
+        # W R; the (smoothed) input is rotated, x R, before its quantization. Not a buffer: the
+        # checkpoint's layer record carries it.
+        if rotation:
+            check_rotatable(in_features, rotation)
+        self.rotation = rotation
         self.export_fn = None  # set by an exporter while it traces the module
 
     @classmethod
@@ -86,17 +98,21 @@ class QuantLinear(PackedWeight):
         scales: dict | None = None,
         group_size: int = 128,
         symmetric: bool = True,
+        rotation: int = 0,
     ) -> "QuantLinear":
         """``rounded_weight``/``scales``: a weight already on the format's grid (error-compensating
-        rounding), stored as is. Otherwise the (smoothed) float weight is rounded to nearest."""
+        rounding), stored as is (with ``rotation``, the rounded rotated weight). Otherwise the
+        (smoothed, rotated) float weight is rounded to nearest."""
         layer = cls(
             linear.in_features, linear.out_features, linear.bias is not None, scheme,
-            input_smooth is not None, group_size, symmetric,
+            input_smooth is not None, group_size, symmetric, rotation,
         )
         weight = linear.weight.detach().float()
         if input_smooth is not None:
             weight = weight / input_smooth
             layer.input_smooth.copy_(input_smooth)
+        if rotation:
+            weight = rotate_blocks(weight, hadamard_matrix(rotation))
         if rounded_weight is not None:
             weight = rounded_weight
         layer.store_weight(weight, scales)
@@ -106,9 +122,24 @@ class QuantLinear(PackedWeight):
             layer.bias.copy_(linear.bias.detach().float())
         return layer
 
+    def checkpoint_entry(self) -> dict:
+        """What rebuilds this module's shape before its stored tensors are loaded."""
+        fmt = self.format.describe()
+        return {"module": self.registered_name, "in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.bias is not None, "scheme": self.scheme.name, "smooth": self.input_smooth is not None,
+                "group_size": fmt.get("group_size", 128), "symmetric": fmt.get("symmetric", True),
+                "rotation": self.rotation}
+
+    @classmethod
+    def from_entry(cls, entry: dict) -> "QuantLinear":
+        return cls(entry["in_features"], entry["out_features"], entry["bias"], entry["scheme"], entry["smooth"],
+                   entry["group_size"], entry["symmetric"], entry.get("rotation", 0))
+
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_smooth is not None:
             x = x * self.input_smooth
+        if self.rotation:
+            x = rotate_blocks(x, hadamard_matrix(self.rotation, x.dtype, x.device))
         return fake_quantize_input(self.scheme.activation, x, self.input_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -118,7 +149,8 @@ class QuantLinear(PackedWeight):
 
     def extra_repr(self) -> str:
         smooth = ", smoothed" if self.input_smooth is not None else ""
-        return f"in_features={self.in_features}, out_features={self.out_features}, {self.scheme.name}{smooth}"
+        rotation = f", hadamard {self.rotation}" if self.rotation else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self.scheme.name}{smooth}{rotation}"
 
 
 def input_scale_for(activation: str, amax: float | None) -> float:

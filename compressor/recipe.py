@@ -1,176 +1,231 @@
-"""Recipes: small typed configs, named presets or YAML files, validated at the edge."""
+"""Recipes: an ordered list of passes plus calibration settings, from a preset name or a YAML file.
+
+```yaml
+name: my-recipe
+calibration: {calib_samples: 256}
+passes:
+  - smoothquant: {alphas: [0.3, 0.5, 0.7]}
+  - quantize: {scheme: int8, observer: percentile}
+  - fallback: {max_layers: 2}
+```
+
+Each pass's fields are validated by its typed config when the recipe is read; errors name the pass
+and the field. The flat files of earlier versions (one mapping of ~28 fields, optionally
+``preset: NAME``) are still read: ``flat_recipe`` turns them into the same pass list.
+"""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import Field, ValidationError
+
 from compressor.errors import CompressorError
-
-OBSERVER_NAMES = ("entropy", "max", "mse", "percentile")
-ROUNDINGS = ("rtn", "gptq")
-EMBEDDING_FORMATS = ("float", "int8", "int4", "nvfp4", "mxfp4")
+from compressor.passes import PASSES
+from compressor.passes.base import STAGES, Pass, PassConfig
 
 
-def _scheme_names() -> tuple[str, ...]:
-    from compressor.numerics.formats import SCHEMES
+class CalibrationSettings(PassConfig):
+    """How much calibration data is read and how it is batched. Diffusion models calibrate on their own
+    sampling trajectory: ``calib_images`` samples over ``sampling_steps`` DDIM steps with guidance
+    ``guidance_scale``, unless the calibration file says otherwise."""
 
-    return tuple(SCHEMES)
+    calib_samples: int = Field(256, ge=1)
+    calib_images: int = Field(64, ge=1)
+    sampling_steps: int = Field(25, ge=1)
+    guidance_scale: float = Field(1.5, ge=1)
+    sensitivity_samples: int = Field(64, ge=1)  # inputs the model's output error is measured on
+    search_tokens: int = Field(4096, ge=1)  # input rows kept per layer for searches
+    batch_size: int = Field(32, ge=1)
+    max_length: int = Field(128, ge=1)
+    seed: int = 0
 
 
 @dataclass
 class Recipe:
-    """Post-training quantization of the eligible Linear layers (and optionally the embeddings).
-
-    ``scheme`` is what every layer becomes (see ``compressor.numerics.formats.SCHEMES``: ``int8``
-    is W8A8, ``nvfp4`` W4A4, ``w4a16-nvfp4`` weight-only, ...). ``formats`` pins schemes per module
-    with wildcard name patterns (first match wins). With ``candidates`` and ``max_bits`` set, each
-    layer's scheme is searched instead: every candidate's effect on the model output is measured
-    layer by layer, and the plan with the least total error whose effective bits per weight stay
-    within ``max_bits`` is chosen.
-
-    Static input scales come from calibration with ``observer``. ``smoothquant`` searches a
-    migration strength per W8A8 layer over ``alphas``; ``awq`` searches an activation-aware weight
-    scaling for the other quantized layers. ``rounding`` is round-to-nearest (``rtn``) or the
-    error-compensating ``gptq``. The fallback keeps at most ``fallback_max_layers`` layers in
-    float, only those whose float copy removes at least ``fallback_min_gain`` of the model's output
-    error, and none when the relative output error is within ``fallback_tolerance``.
-
-    Diffusion models calibrate on their own sampling trajectory: ``calib_images`` samples (every class
-    in turn) over ``sampling_steps`` DDIM steps with classifier-free guidance ``guidance_scale``, unless
-    the calibration file says otherwise.
-    """
-
-    name: str = "int8"
-    scheme: str = "int8"
-    formats: dict[str, str] = field(default_factory=dict)
-    candidates: list[str] = field(default_factory=list)
-    max_bits: float = 0.0  # 0: no budget (needed only with candidates)
-    rounding: str = "rtn"
-    gptq_damp: float = 0.01
-    awq: bool = False
-    group_size: int = 128
-    symmetric: bool = True
-    embeddings: str = "float"
-    observer: str = "percentile"
-    percentile: float = 99.99
-    smoothquant: bool = True
-    alphas: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
-    search_tokens: int = 4096
-    fallback_max_layers: int = 2
-    fallback_min_gain: float = 0.05
-    fallback_tolerance: float = 0.01
-    sensitivity_samples: int = 64
-    calib_samples: int = 256
-    calib_images: int = 64
-    sampling_steps: int = 25
-    guidance_scale: float = 1.5
-    batch_size: int = 32
-    max_length: int = 128
-    exclude: list[str] = field(default_factory=list)  # wildcard module names kept in float
-    seed: int = 0
+    name: str
+    passes: list[Pass]
+    calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
 
     def __post_init__(self) -> None:
-        self.validate()
+        check_order(self.passes)
 
-    def validate(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            expected = {"str": str, "float": (int, float), "int": int, "bool": bool}.get(str(f.type))
-            if expected and (not isinstance(value, expected) or (expected is not bool and isinstance(value, bool))):
-                raise CompressorError(f"recipe field '{f.name}': expected {f.type}, got {value!r}")
-        if self.observer not in OBSERVER_NAMES:
-            raise CompressorError(
-                f"recipe field 'observer': unknown value {self.observer!r}; choose one of: {', '.join(OBSERVER_NAMES)}"
-            )
-        schemes = _scheme_names()
-        if self.scheme not in schemes:
-            raise CompressorError(f"recipe field 'scheme': unknown value {self.scheme!r}; choose one of: {', '.join(schemes)}")
-        if not isinstance(self.formats, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in self.formats.items()
-        ):
-            raise CompressorError(f"recipe field 'formats': expected a mapping of module pattern: scheme, got {self.formats!r}")
-        for pattern, scheme in self.formats.items():
-            if scheme not in schemes:
-                raise CompressorError(f"recipe field 'formats': pattern {pattern!r} names unknown scheme {scheme!r}")
-        if not isinstance(self.candidates, list) or not all(c in schemes for c in self.candidates):
-            raise CompressorError(f"recipe field 'candidates': expected a list of schemes ({', '.join(schemes)}), "
-                                  f"got {self.candidates!r}")
-        if self.candidates and self.max_bits <= 0:
-            raise CompressorError("recipe field 'max_bits': a per-layer search over candidates needs a budget > 0")
-        if self.max_bits < 0:
-            raise CompressorError(f"recipe field 'max_bits': must be >= 0, got {self.max_bits}")
-        if self.rounding not in ROUNDINGS:
-            raise CompressorError(f"recipe field 'rounding': unknown value {self.rounding!r}; choose one of: {', '.join(ROUNDINGS)}")
-        if not 0 < self.gptq_damp < 1:
-            raise CompressorError(f"recipe field 'gptq_damp': {self.gptq_damp} is not in (0, 1)")
-        if self.group_size < 2 or self.group_size % 2:
-            raise CompressorError(f"recipe field 'group_size': must be an even number >= 2, got {self.group_size}")
-        if self.embeddings not in EMBEDDING_FORMATS:
-            raise CompressorError(f"recipe field 'embeddings': unknown value {self.embeddings!r}; "
-                                  f"choose one of: {', '.join(EMBEDDING_FORMATS)}")
-        if not 0 < self.percentile <= 100:
-            raise CompressorError(f"recipe field 'percentile': {self.percentile} is not in (0, 100]")
-        if not isinstance(self.alphas, list) or not all(
-            isinstance(a, (int, float)) and not isinstance(a, bool) and 0 <= a <= 1 for a in self.alphas
-        ):
-            raise CompressorError(f"recipe field 'alphas': expected a list of numbers in [0, 1], got {self.alphas!r}")
-        if not isinstance(self.exclude, list) or not all(isinstance(p, str) for p in self.exclude):
-            raise CompressorError(f"recipe field 'exclude': expected a list of module-name patterns, got {self.exclude!r}")
-        if self.guidance_scale < 1:
-            raise CompressorError(f"recipe field 'guidance_scale': must be >= 1, got {self.guidance_scale}")
-        for name in ("calib_samples", "calib_images", "sampling_steps", "batch_size", "max_length", "search_tokens", "sensitivity_samples"):
-            if getattr(self, name) < 1:
-                raise CompressorError(f"recipe field '{name}': must be at least 1, got {getattr(self, name)}")
-        if self.fallback_max_layers < 0:
-            raise CompressorError(f"recipe field 'fallback_max_layers': must be >= 0, got {self.fallback_max_layers}")
-        if self.fallback_tolerance < 0:
-            raise CompressorError(f"recipe field 'fallback_tolerance': must be >= 0, got {self.fallback_tolerance}")
-        if not 0 <= self.fallback_min_gain <= 1:
-            raise CompressorError(f"recipe field 'fallback_min_gain': {self.fallback_min_gain} is not in [0, 1]")
+    def find(self, name: str) -> Pass | None:
+        return next((p for p in self.passes if p.name == name), None)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {"name": self.name, "calibration": self.calibration.model_dump(),
+                "passes": [{p.name: p.config.model_dump()} for p in self.passes]}
 
     @classmethod
-    def from_dict(cls, data: dict, base: "Recipe | None" = None) -> "Recipe":
+    def from_dict(cls, data: dict, where: str = "recipe") -> "Recipe":
+        """A recipe from its mapping (``passes:`` form); one-line CompressorError for anything wrong."""
         if not isinstance(data, dict):
-            raise CompressorError("a recipe must be a mapping of field: value")
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in data:
-            if key not in known:
-                raise CompressorError(f"unknown recipe field '{key}'; known fields: {', '.join(sorted(known))}")
-        values = (base or cls()).to_dict()
-        values.update(data)
-        return cls(**values)
+            raise CompressorError(f"{where} must be a mapping with a 'passes' list")
+        unknown = set(data) - {"name", "calibration", "passes"}
+        if unknown:
+            raise CompressorError(f"{where}: unknown field '{sorted(unknown)[0]}'; a recipe has name, calibration and passes")
+        entries = data.get("passes")
+        if not isinstance(entries, list) or not entries:
+            raise CompressorError(f"{where}: 'passes' must be a non-empty list of {{pass: {{field: value}}}}")
+        passes = [make_pass(entry, f"{where}, pass {i + 1}") for i, entry in enumerate(entries)]
+        calibration = _validated(CalibrationSettings, data.get("calibration") or {}, f"{where}, calibration")
+        return cls(str(data.get("name", "recipe")), passes, calibration)
+
+    def with_calibration(self, **changes) -> "Recipe":
+        values = {**self.calibration.model_dump(), **changes}
+        return Recipe(self.name, self.passes, _validated(CalibrationSettings, values, "calibration"))
 
 
-PRESETS: dict[str, dict] = {
+def _validated(config_class: type[PassConfig], values, where: str) -> PassConfig:
+    if not isinstance(values, dict):
+        raise CompressorError(f"{where}: expected a mapping of field: value, got {values!r}")
+    try:
+        return config_class(**values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        location = str(error["loc"][0]) if error["loc"] else ""
+        item = "".join(f"[{part!r}]" for part in error["loc"][1:])  # an item of a list or mapping field
+        if not location and error["type"] == "value_error":  # a check across fields says "field: problem"
+            location, _, message = str(error["ctx"]["error"]).partition(": ")
+            raise CompressorError(f"{where}: field '{location}': {message}") from None
+        if error["type"] == "extra_forbidden":
+            known = ", ".join(config_class.model_fields)
+            raise CompressorError(f"{where}: unknown field '{location}'; known fields: {known}") from None
+        raise CompressorError(f"{where}: field '{location}'{item}: {error['msg']} (got {error.get('input')!r})") from None
+
+
+def make_pass(entry, where: str = "recipe") -> Pass:
+    """A pass from ``{name: {field: value}}`` (or a bare name for its defaults)."""
+    if isinstance(entry, str):
+        entry = {entry: {}}
+    if not isinstance(entry, dict) or len(entry) != 1:
+        raise CompressorError(f"{where}: each pass is written as {{name: {{field: value}}}}, got {entry!r}")
+    (name, values), = entry.items()
+    pass_class = PASSES.get(name)
+    if pass_class is None:
+        raise CompressorError(f"{where}: unknown pass '{name}'; known passes: {', '.join(sorted(PASSES))}")
+    return pass_class(_validated(pass_class.Config, values or {}, f"{where} ({name})"))
+
+
+def check_order(passes: list[Pass]) -> None:
+    """Stages never go backwards, each pass at most once, and each pass's own before/after rules hold."""
+    names = [p.name for p in passes]
+    for name in set(names):
+        if names.count(name) > 1:
+            raise CompressorError(f"recipe lists pass '{name}' {names.count(name)} times; give it once")
+    for earlier, later in zip(passes, passes[1:]):
+        if STAGES.index(later.stage) < STAGES.index(earlier.stage):
+            raise CompressorError(f"recipe order: '{later.name}' ({later.stage}) must come before "
+                                  f"'{earlier.name}' ({earlier.stage}); stages run {' → '.join(STAGES)}")
+    for i, p in enumerate(passes):
+        for other in p.after:
+            if other not in names[:i]:
+                raise CompressorError(f"recipe order: '{p.name}' needs '{other}' earlier in the recipe")
+        for other in p.before:
+            if other not in names[i + 1:]:
+                raise CompressorError(f"recipe order: '{p.name}' needs '{other}' later in the recipe")
+
+
+# --- presets ------------------------------------------------------------------------------------
+
+_W8A8 = [{"smoothquant": {}}, {"quantize": {"scheme": "int8"}}, {"fallback": {}}]
+
+PRESETS: dict[str, list] = {
     # W8A8 with searched SmoothQuant, percentile clipping and at most two float layers.
-    "int8": {},
+    "int8": _W8A8,
     # The same without outlier handling: plain max calibration, every eligible layer quantized.
-    "int8-minmax": {"name": "int8-minmax", "observer": "max", "smoothquant": False, "fallback_max_layers": 0},
+    "int8-minmax": [{"quantize": {"scheme": "int8", "observer": "max"}}],
     # Uniform 4-bit choices: every eligible layer in the named format, none left in float.
-    "nvfp4": {"name": "nvfp4", "scheme": "nvfp4", "rounding": "gptq", "fallback_max_layers": 0},
+    "nvfp4": [{"quantize": {"scheme": "nvfp4", "rounding": "gptq"}}],
     # MXFP4 keeps round-to-nearest: its power-of-two scales clip a block's largest values by up
     # to 25%, and GPTQ spreads those clipping errors onto the rest of the block (measured: worse).
-    "mxfp4": {"name": "mxfp4", "scheme": "mxfp4", "fallback_max_layers": 0},
-    "w4a16-nvfp4": {"name": "w4a16-nvfp4", "scheme": "w4a16-nvfp4", "rounding": "gptq", "fallback_max_layers": 0},
-    "int4-awq": {"name": "int4-awq", "scheme": "w4a16-int4", "awq": True, "fallback_max_layers": 0},
-    "fp8": {"name": "fp8", "scheme": "fp8", "observer": "max", "fallback_max_layers": 0},
+    "mxfp4": [{"quantize": {"scheme": "mxfp4"}}],
+    "w4a16-nvfp4": [{"quantize": {"scheme": "w4a16-nvfp4", "rounding": "gptq"}}],
+    "int4-awq": [{"awq": {}}, {"quantize": {"scheme": "w4a16-int4"}}],
+    "fp8": [{"quantize": {"scheme": "fp8", "observer": "max"}}],
     # NVFP4 weights with static INT8 inputs.
-    "w4a8": {"name": "w4a8", "scheme": "w4a8-nvfp4", "rounding": "gptq", "fallback_max_layers": 0},
+    "w4a8": [{"quantize": {"scheme": "w4a8-nvfp4", "rounding": "gptq"}}],
     # Per layer NVFP4 weights with NVFP4 (W4A4) or INT8 (W4A8) inputs, or INT8 W8A8, chosen from measured
     # sensitivity within 5 bits per weight.
-    "fp4-int8": {"name": "fp4-int8", "scheme": "nvfp4", "candidates": ["nvfp4", "w4a8-nvfp4", "int8"], "max_bits": 5.0,
-                 "rounding": "gptq", "fallback_max_layers": 0},
+    "fp4-int8": [{"smoothquant": {}}, {"quantize": {"scheme": "nvfp4", "candidates": ["nvfp4", "w4a8-nvfp4", "int8"],
+                                                    "max_bits": 5.0, "rounding": "gptq"}}],
 }
 
 
+def preset(name: str) -> Recipe:
+    if name not in PRESETS:
+        raise CompressorError(f"unknown recipe preset '{name}'; choose one of: {', '.join(PRESETS)} or a .yaml file")
+    return Recipe.from_dict({"name": name, "passes": PRESETS[name]}, where=f"preset {name}")
+
+
+# --- the flat recipe files of earlier versions -------------------------------------------------
+
+FLAT_DEFAULTS = {
+    "name": "int8", "scheme": "int8", "formats": {}, "candidates": [], "max_bits": 0.0, "rounding": "rtn",
+    "gptq_damp": 0.01, "rotation": "none", "awq": False, "group_size": 128, "symmetric": True, "embeddings": "float",
+    "observer": "percentile", "percentile": 99.99, "smoothquant": True, "alphas": [0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
+    "search_tokens": 4096, "fallback_max_layers": 2, "fallback_min_gain": 0.05, "fallback_tolerance": 0.01,
+    "sensitivity_samples": 64, "calib_samples": 256, "calib_images": 64, "sampling_steps": 25, "guidance_scale": 1.5,
+    "batch_size": 32, "max_length": 128, "exclude": [], "seed": 0,
+}
+# Flat presets as they were: a flat file's ``preset:`` names its base.
+FLAT_PRESETS = {
+    "int8": {}, "int8-minmax": {"observer": "max", "smoothquant": False, "fallback_max_layers": 0},
+    "nvfp4": {"scheme": "nvfp4", "rounding": "gptq", "fallback_max_layers": 0},
+    "mxfp4": {"scheme": "mxfp4", "fallback_max_layers": 0},
+    "w4a16-nvfp4": {"scheme": "w4a16-nvfp4", "rounding": "gptq", "fallback_max_layers": 0},
+    "int4-awq": {"scheme": "w4a16-int4", "awq": True, "fallback_max_layers": 0},
+    "fp8": {"scheme": "fp8", "observer": "max", "fallback_max_layers": 0},
+    "w4a8": {"scheme": "w4a8-nvfp4", "rounding": "gptq", "fallback_max_layers": 0},
+    "fp4-int8": {"scheme": "nvfp4", "candidates": ["nvfp4", "w4a8-nvfp4", "int8"], "max_bits": 5.0, "rounding": "gptq",
+                 "fallback_max_layers": 0},
+}
+_QUANTIZE_FIELDS = ("scheme", "formats", "candidates", "max_bits", "rounding", "gptq_damp", "rotation", "group_size",
+                    "symmetric", "observer", "percentile", "exclude")
+_CALIBRATION_FIELDS = tuple(CalibrationSettings.model_fields)
+
+
+def flat_recipe(fields: dict, where: str = "recipe") -> Recipe:
+    """The pass list a flat recipe mapping (earlier versions' format) stands for."""
+    unknown = set(fields) - set(FLAT_DEFAULTS)
+    if unknown:
+        raise CompressorError(f"{where}: unknown field '{sorted(unknown)[0]}'; known fields: {', '.join(sorted(FLAT_DEFAULTS))}")
+    f = {**FLAT_DEFAULTS, **fields}
+    for flag in ("smoothquant", "awq"):
+        if not isinstance(f[flag], bool):
+            raise CompressorError(f"{where}: field '{flag}': expected true or false, got {f[flag]!r}")
+    passes: list = []
+    w8a8 = f["scheme"] == "int8" or "int8" in f["candidates"] or "int8" in f["formats"].values()
+    if f["smoothquant"] and w8a8:  # SmoothQuant only ever changes W8A8 INT8 layers
+        passes.append({"smoothquant": {"alphas": f["alphas"]}})
+    if f["awq"]:
+        passes.append({"awq": {}})
+    passes.append({"quantize": {k: f[k] for k in _QUANTIZE_FIELDS}})
+    if f["fallback_max_layers"]:
+        passes.append({"fallback": {"max_layers": f["fallback_max_layers"], "min_gain": f["fallback_min_gain"],
+                                    "tolerance": f["fallback_tolerance"]}})
+    if f["embeddings"] != "float":
+        passes.append({"embeddings": {"format": f["embeddings"], "group_size": f["group_size"], "symmetric": f["symmetric"]}})
+    calibration = {k: f[k] for k in _CALIBRATION_FIELDS}
+    try:
+        return Recipe.from_dict({"name": f["name"], "calibration": calibration, "passes": passes}, where=where)
+    except CompressorError as exc:  # name the field as the flat file wrote it
+        message = str(exc)
+        for pass_name, field_name, flat_name in _FLAT_RENAMES:
+            message = message.replace(f"({pass_name}): field '{field_name}'", f"({pass_name}): field '{flat_name}'")
+        raise CompressorError(message) from None
+
+
+_FLAT_RENAMES = [("fallback", "max_layers", "fallback_max_layers"), ("fallback", "min_gain", "fallback_min_gain"),
+                 ("fallback", "tolerance", "fallback_tolerance"), ("embeddings", "format", "embeddings")]
+
+
 def load_recipe(spec: str) -> Recipe:
-    """A preset name, or a YAML file whose optional ``preset`` key names the base it overrides."""
+    """A preset name, or a YAML file: a ``passes:`` recipe, or a flat one whose optional ``preset`` key
+    names the base it overrides."""
     if spec in PRESETS:
-        return Recipe.from_dict(PRESETS[spec])
+        return preset(spec)
     path = Path(spec)
     if path.suffix.lower() not in (".yaml", ".yml"):
         raise CompressorError(f"unknown recipe preset '{spec}'; choose one of: {', '.join(PRESETS)} or a .yaml file")
@@ -183,9 +238,11 @@ def load_recipe(spec: str) -> Recipe:
     except yaml.YAMLError as exc:
         raise CompressorError(f"recipe file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise CompressorError(f"recipe file {path} must hold a mapping of field: value")
-    preset = data.pop("preset", "int8")
-    if preset not in PRESETS:
-        raise CompressorError(f"recipe file {path}: unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}")
+        raise CompressorError(f"recipe file {path} must hold a mapping with a 'passes' list")
     data.setdefault("name", path.stem)
-    return Recipe.from_dict(data, base=Recipe.from_dict(PRESETS[preset]))
+    if "passes" in data:
+        return Recipe.from_dict(data, where=f"recipe file {path}")
+    base = data.pop("preset", "int8")
+    if base not in FLAT_PRESETS:
+        raise CompressorError(f"recipe file {path}: unknown preset '{base}'; choose one of: {', '.join(FLAT_PRESETS)}")
+    return flat_recipe({**FLAT_PRESETS[base], **data}, where=f"recipe file {path}")

@@ -4,7 +4,8 @@
 
 Trains on all but the last 1,000 images of the MNIST file given (those are held out for evaluation).
 Writes OUTPUT/model/ (diffusers `DiTTransformer2DModel` via save_pretrained, plus the DDIM scheduler
-config used to sample it) and OUTPUT/judge.safetensors, and logs judge accuracy of samples as it goes.
+config used to sample it), the judge as OUTPUT/judge.safetensors (its weights) and OUTPUT/judge.pt (the
+TorchScript file `compressor compare --judge` takes), and logs judge accuracy of samples as it goes.
 """
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compressor.diffusion.sampling import sample  # noqa: E402
-from compressor.evaluation.judge import DigitJudge, save_judge  # noqa: E402
-from compressor.evaluation.mnist import load_mnist  # noqa: E402
+from mnist_data import load_mnist  # noqa: E402
+from mnist_judge import DigitJudge, export_torchscript, save_weights  # noqa: E402
 
 
 def train_judge(x, y, xv, yv, seed: int) -> DigitJudge:
@@ -35,13 +37,13 @@ def train_judge(x, y, xv, yv, seed: int) -> DigitJudge:
             # small random shifts so the judge does not depend on perfect centring
             dx, dy = torch.randint(-2, 3, (2,)).tolist()
             batch = torch.roll(x[idx], shifts=(dy, dx), dims=(2, 3))
-            loss = F.cross_entropy(judge(batch), y[idx])
+            loss = F.cross_entropy(judge.logits(batch), y[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
         judge.eval()
         with torch.no_grad():
-            acc = (judge(xv).argmax(1) == yv).float().mean().item()
+            acc = (judge.logits(xv).argmax(1) == yv).float().mean().item()
         print(f"judge epoch {epoch + 1}: held-out accuracy {acc:.4f}", flush=True)
     return judge
 
@@ -53,7 +55,7 @@ def judge_accuracy(model, scheduler, judge, count: int, guidance: float, steps: 
                     shape=(1, 28, 28), steps=steps, guidance=guidance, seed=seed,
                     null_conditioning=torch.full_like(labels, 10))
     with torch.no_grad():
-        return (judge(images).argmax(1) == labels).float().mean().item()
+        return (judge.logits(images).argmax(1) == labels).float().mean().item()
 
 
 def main() -> None:
@@ -79,7 +81,8 @@ def main() -> None:
     x, y = load_mnist(args.data, "train")
     xv, yv = load_mnist(args.data, "heldout")
     judge = train_judge(x, y, xv, yv, args.seed)
-    save_judge(judge, out / "judge.safetensors")
+    save_weights(judge, out / "judge.safetensors")
+    export_torchscript(judge, out / "judge.pt")  # what `compressor compare --judge` loads
 
     torch.manual_seed(args.seed)
     model = DiTTransformer2DModel(

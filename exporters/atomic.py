@@ -10,6 +10,21 @@ from pathlib import Path
 from compressor.errors import CompressorError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def normal_permissions(path: Path) -> None:
+    """What a plain open()/mkdir() would have given: scratch files and directories are created private
+    (0600/0700), and some writers (safetensors) create their files that way too."""
+    mask = _umask()
+    paths = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for item in paths:
+        item.chmod((0o777 if item.is_dir() else 0o666) & ~mask)
+
+
 def check_can_write(target: Path, overwrite: bool) -> None:
     if target.exists() and not overwrite:
         raise CompressorError(f"{target} already exists; pass --overwrite to replace it")
@@ -24,6 +39,7 @@ def atomic_directory(target: str | Path, overwrite: bool = False):
     scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
         yield scratch
+        normal_permissions(scratch)
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             target.rename(old)
@@ -46,6 +62,7 @@ def atomic_file(target: str | Path, overwrite: bool = False):
     os.close(fd)
     try:
         yield Path(scratch)
+        normal_permissions(Path(scratch))
         os.replace(scratch, target)
     finally:
         if os.path.exists(scratch):

@@ -9,17 +9,18 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 
 from compressor.errors import CompressorError
-from compressor.int8_linear import Int8Linear
-from compressor.quant_embedding import QuantEmbedding
-from compressor.quant_linear import QuantLinear
-from compressor.model import ModelHandle, _check_safetensors, check_checkpoint_dir, load_tokenizer, read_config
-from compressor.adapters import adapter_for
-from compressor.adapters.diffusion import DiffusionTransformerAdapter, diffusers_class_name
+from compressor.quant_embedding import QuantEmbedding  # noqa: F401 (registers its module kind)
+from compressor.quant_linear import MODULE_KINDS
+from compressor.adapters import adapter_for_directory
+from compressor.files import check_checkpoint_dir, check_safetensors
+from compressor.model import ModelHandle
 from compressor.passes.plan import set_module
 from exporters.atomic import atomic_directory
 
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # version 1: W8A8 only
+# 3: ``modules`` lists every rewritten module with its kind and shape, and W8A8 layers store their
+# weight as ``weight_values`` like every other scheme. 2: low-bit layers. 1: W8A8 only.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 RECORD_FILE, WEIGHTS_FILE = "compression.json", "model.safetensors"
 
 
@@ -44,9 +45,11 @@ def model_card(record: dict) -> str:
             lines.append(f"- {count} Linear layers in `{scheme}`: {SCHEMES[scheme].description}.")
     if "bits_per_weight" in record:
         lines.append(f"- {record['bits_per_weight']:.3f} effective bits per Linear weight, scales included.")
+    quantize = _quantize_settings(recipe)
     lines += [
-        f"- Static input ranges: {recipe['observer']} calibration"
-        + (f", {recipe['percentile']}th percentile" if recipe["observer"] == "percentile" else "") + ".",
+        f"- Recipe passes: {', '.join(_pass_names(recipe))}.",
+        f"- Static input ranges: {quantize['observer']} calibration"
+        + (f", {quantize['percentile']}th percentile" if quantize["observer"] == "percentile" else "") + ".",
         f"- {len(smoothed)} layers with a searched outlier migration (SmoothQuant for W8A8, AWQ otherwise).",
         f"- Calibration: {_calibration_text(record['calibration'])}.",
     ]
@@ -58,13 +61,26 @@ def model_card(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _pass_names(recipe: dict) -> list[str]:
+    return [next(iter(entry)) for entry in recipe.get("passes", [])] or ["quantize (a flat recipe of format 1-2)"]
+
+
+def _quantize_settings(recipe: dict) -> dict:
+    """The quantize pass's settings of a recorded recipe (flat recipes of formats 1-2 hold them at the top)."""
+    for entry in recipe.get("passes", []):
+        if "quantize" in entry:
+            return entry["quantize"]
+    return {"observer": recipe.get("observer", "percentile"), "percentile": recipe.get("percentile", 99.99)}
+
+
 def _calibration_text(calibration: dict) -> str:
     return calibration.get("description") or f"{calibration['samples']} samples from `{calibration['data']}`"
 
 
 def save_compressed(handle: ModelHandle, output: str | Path, record: dict, overwrite: bool = False) -> Path:
     """Write the compressed model atomically: a failure leaves no partial directory behind."""
-    record = {"format_version": FORMAT_VERSION, **record}
+    record["modules"] = module_entries(handle.model)  # the caller's record describes what was saved too
+    record = {**record, "format_version": FORMAT_VERSION}
     with atomic_directory(output, overwrite) as scratch:
         handle.adapter.save_metadata(handle, scratch)
         state = {k: v.detach().contiguous() for k, v in handle.model.state_dict().items()}
@@ -91,33 +107,21 @@ def is_compressed_checkpoint(path: str | Path) -> bool:
 
 
 def load_compressed(path: str | Path) -> ModelHandle:
-    """Rebuild the architecture from config.json, put Int8Linear layers where the record says, load weights."""
-    from transformers import AutoModel
-
+    """Rebuild the architecture from config.json, put the compressed modules where the record says, load weights."""
     path = check_checkpoint_dir(path)
     record = read_record(path)
     weights = path / WEIGHTS_FILE
     if not weights.is_file():
         raise CompressorError(f"{path} has no {WEIGHTS_FILE}")
-    _check_safetensors(weights)
-    class_name = diffusers_class_name(path)
-    if class_name is not None:
-        adapter, tokenizer = DiffusionTransformerAdapter(class_name, path), None
-        model = adapter.empty_model()
-    else:
-        config = read_config(path)
-        adapter = adapter_for(config)
-        if adapter is None:
-            raise CompressorError(f"model type {config.model_type!r} in {path} has no adapter")
-        tokenizer = load_tokenizer(path)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = AutoModel.from_config(config, attn_implementation="sdpa")
+    check_safetensors(weights)
+    adapter = adapter_for_directory(path)
+    model, tokenizer = adapter.empty_model(), adapter.load_tokenizer()
+    state = load_file(str(weights))
     try:
-        _restore_modules(model, record)
+        entries = record["modules"] if record["format_version"] >= 3 else _entries_before_v3(model, record, state)
+        restore_modules(model, entries)
     except (AttributeError, KeyError, ValueError) as exc:
         raise CompressorError(f"{path / RECORD_FILE} does not match the model in config.json: {exc}") from None
-    state = load_file(str(weights))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -126,26 +130,40 @@ def load_compressed(path: str | Path) -> ModelHandle:
     return ModelHandle(model=model, tokenizer=tokenizer, adapter=adapter, source=path, info=record)
 
 
-def _restore_modules(model, record: dict) -> None:
-    """Put the quantized module classes where the record says, with the shapes of their stored tensors."""
+def module_entries(model) -> list[dict]:
+    """The record of every compressed module in ``model``: name, registered kind and constructor arguments."""
+    return [{"name": name, **module.checkpoint_entry()} for name, module in model.named_modules()
+            if hasattr(module, "checkpoint_entry")]
+
+
+def restore_modules(model, entries: list[dict]) -> None:
+    """Put each entry's module kind, with the shapes of its stored tensors, in place of the original module."""
+    for entry in entries:
+        set_module(model, entry["name"], MODULE_KINDS.lookup(entry["module"]).from_entry(entry))
+
+
+def _entries_before_v3(model, record: dict, state: dict) -> list[dict]:
+    """Module entries of a version 1 or 2 checkpoint, read from its layer records. Its W8A8 layers
+    stored their int8 weight as ``<layer>.weight``: renamed in ``state`` to today's ``weight_values``."""
     recipe = record["recipe"]
     group_size, symmetric = recipe.get("group_size", 128), recipe.get("symmetric", True)
+    entries = []
     for layer in record["layers"]:
         if layer["format"] == "float":
             continue
         linear = model.get_submodule(layer["name"])
-        smooth = layer.get("smoothing_alpha") is not None
-        shape = (linear.in_features, linear.out_features, linear.bias is not None)
-        if layer["format"] == "int8":
-            module = Int8Linear(*shape, smooth)
-        else:
-            module = QuantLinear(*shape, layer["format"], smooth, group_size, symmetric)
-        set_module(model, layer["name"], module)
+        entries.append({"name": layer["name"], "module": "quant_linear", "in_features": linear.in_features,
+                        "out_features": linear.out_features, "bias": linear.bias is not None,
+                        "scheme": layer["format"], "smooth": layer.get("smoothing_alpha") is not None,
+                        "group_size": group_size, "symmetric": symmetric})
+        if layer["format"] == "int8" and f"{layer['name']}.weight" in state:
+            state[f"{layer['name']}.weight_values"] = state.pop(f"{layer['name']}.weight")
     for table in record.get("embeddings", []):
         embedding = model.get_submodule(table["name"])
-        set_module(model, table["name"], QuantEmbedding(
-            embedding.num_embeddings, embedding.embedding_dim, table["format"], embedding.padding_idx, group_size, symmetric
-        ))
+        entries.append({"name": table["name"], "module": "quant_embedding", "num_embeddings": embedding.num_embeddings,
+                        "embedding_dim": embedding.embedding_dim, "format": table["format"],
+                        "padding_idx": embedding.padding_idx, "group_size": group_size, "symmetric": symmetric})
+    return entries
 
 
 def load_any(path: str | Path) -> ModelHandle:

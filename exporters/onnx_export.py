@@ -1,18 +1,18 @@
 """ONNX export for two runtimes.
 
-``tensorrt``: explicit quantization as TensorRT consumes it. Each INT8 Linear becomes
+``tensorrt``: explicit quantization as TensorRT consumes it. A W8A8 INT8 Linear becomes
 QuantizeLinear→DequantizeLinear on its input (per-tensor scale, zero point 0, int8) and an INT8
 weight initializer→DequantizeLinear (per output channel, axis 0)→Transpose→MatMul. Build the engine
 strongly typed, with no precision flags.
 
-``onnxruntime``: the CPU provider's integer kernels. The input is quantized once with its static
+``onnxruntime``: the CPU provider's integer kernels. A W8A8 input is quantized once with its static
 scale (uint8, zero point 128: the same grid as symmetric int8) and fed with the int8 weight to
 ``com.microsoft.MatMulIntegerToFloat``, which runs the integer GEMM and rescales to float in one op.
 
-Graphs with only INT8 layers are opset 17. Low-bit ``QuantLinear`` layers (FP8, NVFP4, MXFP4, INT4,
-weight-only INT8) are handled by ``exporters.onnx_lowbit``: for ``tensorrt`` such a graph becomes
-opset 23 / IR version 11 (FP4, INT4 and FP8 tensors, blocked DequantizeLinear); for ``onnxruntime``
-it stays opset 17 with ``com.microsoft.MatMulNBits`` for INT4 weights.
+Every quantized Linear is a ``QuantLinear``; ``exporters.onnx_lowbit`` lowers each scheme for each
+target. Graphs with only INT8 layers are opset 17; for ``tensorrt`` a graph with FP8, FP4 or INT4
+layers becomes opset 23 / IR version 11 (FP4, INT4 and FP8 tensors, blocked DequantizeLinear); for
+``onnxruntime`` it stays opset 17 with ``com.microsoft.MatMulNBits`` for INT4 weights.
 """
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 from compressor.errors import CompressorError
-from compressor.int8_linear import Int8Linear
 from compressor.model import ModelHandle
 from compressor.quant_linear import QuantLinear
 from exporters.atomic import atomic_file
@@ -38,46 +37,6 @@ from exporters.onnx_lowbit import (
 
 TARGETS = ("onnxruntime", "tensorrt")
 OPSET = 17
-
-
-class _Int8LinearOp(torch.autograd.Function):
-    """Eager math for tracing; ``symbolic`` writes the target's ONNX pattern."""
-
-    @staticmethod
-    def forward(ctx, x, weight, weight_scale, input_scale, bias, smooth, target: str, use_smooth: bool):
-        if use_smooth:
-            x = x * smooth
-        x = torch.round(x / input_scale).clamp(-128, 127) * input_scale
-        return nn.functional.linear(x, weight.float() * weight_scale[:, None], bias)
-
-    @staticmethod
-    def symbolic(g, x, weight, weight_scale, input_scale, bias, smooth, target: str, use_smooth: bool):
-        if use_smooth:
-            x = g.op("Mul", x, smooth)
-        if target == "tensorrt":
-            zero = g.op("Constant", value_t=torch.tensor(0, dtype=torch.int8))
-            x = g.op("DequantizeLinear", g.op("QuantizeLinear", x, input_scale, zero), input_scale, zero)
-            w = g.op("DequantizeLinear", weight, weight_scale, axis_i=0)
-            y = g.op("MatMul", x, g.op("Transpose", w, perm_i=[1, 0]))
-        else:
-            zero = g.op("Constant", value_t=torch.tensor(128, dtype=torch.uint8))
-            xq = g.op("QuantizeLinear", x, input_scale, zero)
-            w_t = g.op("Transpose", weight, perm_i=[1, 0])  # folded into an int8 [in, out] initializer
-            y = g.op("com.microsoft::MatMulIntegerToFloat", xq, w_t, input_scale, weight_scale, zero)
-            sizes = x.type().varyingSizes()
-            if sizes is not None:  # a contrib op has no shape inference: declare it so later shapes stay known
-                y.setType(x.type().with_sizes(sizes[:-1] + [weight.type().sizes()[0]]))
-        return g.op("Add", y, bias)
-
-
-def _int8_export_fn(target: str):
-    def run(layer: Int8Linear, x: torch.Tensor) -> torch.Tensor:
-        bias = layer.bias if layer.bias is not None else torch.zeros(layer.out_features)
-        use_smooth = layer.input_smooth is not None
-        smooth = layer.input_smooth if use_smooth else torch.ones(layer.in_features)
-        return _Int8LinearOp.apply(x, layer.weight, layer.weight_scale, layer.input_scale, bias, smooth, target, use_smooth)
-
-    return run
 
 
 class _Graph(nn.Module):
@@ -100,9 +59,6 @@ def export_onnx(handle: ModelHandle, output: str | Path, target: str = "onnxrunt
     output_names = list(handle.adapter.output_names)
     dummy = handle.adapter.dummy_inputs(handle)
     axes = handle.adapter.dynamic_axes(input_names)
-    layers = [m for m in handle.model.modules() if isinstance(m, Int8Linear)]
-    for layer in layers:
-        layer.export_fn = _int8_export_fn(target)
     # Graph names of the low-bit layers: the module path under _Graph's "model" attribute.
     quant = {f"model.{name}": m for name, m in handle.model.named_modules() if isinstance(m, QuantLinear)}
     for key, layer in quant.items():
@@ -110,8 +66,6 @@ def export_onnx(handle: ModelHandle, output: str | Path, target: str = "onnxrunt
         with torch.no_grad():
             layer.dequantized_weight()  # fill the cache now: unpacking inside the trace would be traced
     custom_opsets = {DOMAIN: 1} if quant else {}
-    if layers and target == "onnxruntime":
-        custom_opsets["com.microsoft"] = 1
     attention = _set_attention(handle.model, "eager")  # plain MatMul/Softmax: no mask-fixing Where ops
     try:
         with atomic_file(output, overwrite) as scratch, warnings.catch_warnings():
@@ -132,14 +86,12 @@ def export_onnx(handle: ModelHandle, output: str | Path, target: str = "onnxrunt
             fold_static_squeezes(graph)
             if quant:
                 graph = lower_quant_linears(graph, quant, target)
-            if target == "onnxruntime":
-                fuse_bias_into_integer_matmul(graph)
             graph.producer_name = "compressor"
             graph.doc_string = f"target={target}"
             onnx.checker.check_model(graph)
             onnx.save(graph, str(scratch))
     finally:
-        for layer in [*layers, *quant.values()]:
+        for layer in quant.values():
             layer.export_fn = None
         _set_attention(handle.model, attention)
     return output
@@ -182,35 +134,6 @@ def fold_static_squeezes(model: onnx.ModelProto) -> None:
         model.graph.node.remove(node)
         for offset, new in enumerate(replacement):
             model.graph.node.insert(index + offset, new)
-
-
-def fuse_bias_into_integer_matmul(model: onnx.ModelProto) -> None:
-    """MatMulIntegerToFloat → Add(bias) becomes one MatMulIntegerToFloat with its bias input.
-
-    The exporter cannot leave the optional b_zero_point input empty, so the fusion happens here.
-    """
-    graph = model.graph
-    constants = {init.name for init in graph.initializer}
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    removed = []
-    for node in graph.node:
-        if node.op_type != "MatMulIntegerToFloat" or len(node.input) != 5:
-            continue
-        users = consumers.get(node.output[0], [])
-        if len(users) != 1 or users[0].op_type != "Add":
-            continue
-        add = users[0]
-        bias = [name for name in add.input if name != node.output[0]]
-        if len(bias) != 1 or bias[0] not in constants:
-            continue
-        node.input.extend(["", bias[0]])
-        node.output[0] = add.output[0]
-        removed.append(add)
-    for add in removed:
-        graph.node.remove(add)
 
 
 def onnx_session(path: str | Path, threads: int = 2):

@@ -29,6 +29,11 @@ FLOAT8E4M3FN block scales, shaped like x with the last dim divided by 16) follow
 DQ. MXFP4 inputs: no TensorRT dynamic-quantize op is assumed, so they stay the float ops of the
 eager fake quantization (same numbers, no FP4 GEMM for the input side).
 
+A layer with a Hadamard input rotation (``QuantLinear.rotation`` = block b, both targets) rotates
+its (smoothed) input right before the input quantization: ``Reshape([..., in] → [..., in/b, b]) →
+MatMul([b, b] normalized Hadamard initializer, shared by the layers of one block size) →
+Reshape([..., in])``; its stored weight is already the rotated one.
+
 ``onnxruntime`` (CPU kernels that exist; the graph stays at opset 17): INT4 weights →
 ``com.microsoft::MatMulNBits`` (bits 4, bias as its input); FP4/FP8 weights → a float initializer
 dequantized at export and a plain MatMul (the CPU provider has no FP4 DequantizeLinear); INT8
@@ -45,11 +50,12 @@ import torch
 from onnx import TensorProto, helper, numpy_helper, version_converter
 from torch import nn
 
-from compressor.int8_linear import Int8Linear
 from compressor.numerics.fp4 import pack_nibbles
 from compressor.numerics.fp8 import decode_e8m0
+from compressor.numerics.hadamard import hadamard_matrix, rotate_blocks
 from compressor.numerics.int8 import fake_quantize_int8
 from compressor.quant_linear import QuantLinear, fake_quantize_input
+from compressor.registry import Registry
 
 DOMAIN = "compressor"  # placeholders; none survive lowering
 TRT_OPSET, TRT_IR_VERSION = 23, 11
@@ -86,6 +92,20 @@ class _QuantizeInput(torch.autograd.Function):
         return out
 
 
+class _RotateInput(torch.autograd.Function):
+    """Placeholder for the block-wise Hadamard rotation of a layer's input, lowered after export."""
+
+    @staticmethod
+    def forward(ctx, x, block: int, rank: int, layer: str):
+        return rotate_blocks(x, hadamard_matrix(block, x.dtype, x.device))
+
+    @staticmethod
+    def symbolic(g, x, block: int, rank: int, layer: str):
+        out = g.op(f"{DOMAIN}::RotateInput", x, block_i=block, rank_i=rank, layer_s=layer)
+        out.setType(x.type())
+        return out
+
+
 class _QuantMatMul(torch.autograd.Function):
     """Placeholder for x @ W^T (+ bias) with the layer's stored weight, lowered after export.
 
@@ -106,13 +126,40 @@ class _QuantMatMul(torch.autograd.Function):
         return out
 
 
+class _IntegerMatMul(torch.autograd.Function):
+    """Placeholder for a W8A8 layer on ONNX Runtime: static INT8 input quantization and an integer GEMM
+    (``MatMulIntegerToFloat``), lowered after export. ``x`` arrives unquantized."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, scale, layer: str):
+        return nn.functional.linear(fake_quantize_int8(x, scale), weight, bias)
+
+    @staticmethod
+    def symbolic(g, x, weight, bias, scale, layer: str):
+        inputs = (x,) if bias is None else (x, bias)
+        out = g.op(f"{DOMAIN}::IntegerMatMul", *inputs, layer_s=layer)
+        sizes = x.type().varyingSizes()
+        if sizes is not None:  # a contrib op has no shape inference: declare it so later shapes stay known
+            out.setType(x.type().with_sizes(sizes[:-1] + [weight.type().sizes()[0]]))
+        return out
+
+
+def _integer_gemm(layer: QuantLinear, target: str) -> bool:
+    """W8A8 INT8 on ONNX Runtime runs the CPU provider's integer GEMM."""
+    return target == "onnxruntime" and layer.format.name == "int8" and layer.scheme.activation == "int8"
+
+
 def quant_linear_export_fn(target: str, key: str):
     """``QuantLinear.export_fn`` for ``target``; ``key`` names the layer in the graph."""
 
     def run(layer: QuantLinear, x: torch.Tensor) -> torch.Tensor:
         if layer.input_smooth is not None:
             x = x * layer.input_smooth
+        if layer.rotation:
+            x = _RotateInput.apply(x, layer.rotation, x.dim(), key)
         activation = layer.scheme.activation
+        if _integer_gemm(layer, target):
+            return _IntegerMatMul.apply(x, layer.dequantized_weight(), layer.bias, layer.input_scale, key)
         if activation == "int8":
             x = _Int8InputQDQ.apply(x, layer.input_scale)
         elif target == "tensorrt" and activation in ("fp8", "nvfp4"):
@@ -157,9 +204,12 @@ class _Lowering:
             key = attrs["layer"].decode()
             if node.op_type == "QuantizeInput":
                 self._quantize_input(key, attrs["format"].decode(), node.input[0], node.input[1], node.output[0])
+            elif node.op_type == "RotateInput":
+                self._rotate_input(key, self.layers[key].in_features, attrs["block"], attrs["rank"], node.input[0], node.output[0])
             else:
                 bias = node.input[1] if len(node.input) > 1 else ""
-                self._matmul(key, self.layers[key], node.input[0], bias, node.output[0])
+                lower = self._integer_matmul if node.op_type == "IntegerMatMul" else self._matmul
+                lower(key, self.layers[key], node.input[0], bias, node.output[0])
         graph.ClearField("node")
         graph.node.extend(self.nodes)
         opsets = {op.domain: op.version for op in self.model.opset_import if op.domain != DOMAIN}
@@ -180,6 +230,17 @@ class _Lowering:
 
     def array(self, name: str, value: torch.Tensor) -> str:
         return self.init(numpy_helper.from_array(value.detach().contiguous().numpy(), name))
+
+    def _rotate_input(self, key: str, features: int, block: int, rank: int, x: str, out: str) -> None:
+        """x [..., in] → [..., in/b, b] → MatMul(H_b) → [..., in]; Reshape's 0 keeps a leading dim as it is."""
+        h = f"rotation.hadamard_{block}"
+        if h not in self.names:
+            self.array(h, hadamard_matrix(block))
+        blocks_shape = self.array(f"{key}.input_rotation_blocks", torch.tensor([0] * (rank - 1) + [features // block, block]))
+        shape = self.array(f"{key}.input_rotation_shape", torch.tensor([0] * (rank - 1) + [features]))
+        blocks = self.node("Reshape", [x, blocks_shape], f"{key}.input_blocks")
+        rotated = self.node("MatMul", [blocks, h], f"{key}.input_rotated_blocks")
+        self.node("Reshape", [rotated, shape], out)
 
     # inputs (TensorRT only: ONNX Runtime gets float ops at trace time)
     def _quantize_input(self, key: str, fmt: str, x: str, scale: str, out: str) -> None:
@@ -220,37 +281,25 @@ class _Lowering:
 
     def _weight_dq(self, key: str, layer: QuantLinear) -> str:
         """Nodes that dequantize the stored weight; returns the name of the float [out, in] tensor."""
-        t, fmt = layer.stored_weight(), layer.format.name
-        shape, w, dq = [layer.out_features, layer.in_features], f"{key}.weight", f"{key}.weight_dq"
-        if fmt == "int8":
-            self.array(w, t["values"])
-            return self.node("DequantizeLinear", [w, self.array(f"{key}.weight_scale", t["scale"])], dq, axis=0)
-        if fmt == "fp8":
-            self.init(_raw(w, TensorProto.FLOAT8E4M3FN, shape, t["values"]))
-            return self.node("DequantizeLinear", [w, self.array(f"{key}.weight_scale", t["scale"])], dq, axis=0)
-        if fmt == "int4":
-            scale, zero, group = t["scale"], t["zero"], layer.format.group_size
-            inputs = [w, self.array(f"{key}.weight_scale", scale)]
-            if bool((zero == 8).all()):
-                # Symmetric: signed codes q - 8; flipping bit 3 of each nibble turns q into q - 8
-                # in two's complement, so no zero point is needed.
-                self.init(_raw(w, TensorProto.INT4, shape, t["packed"] ^ 0x88))
-            else:
-                self.init(_raw(w, TensorProto.UINT4, shape, t["packed"]))
-                inputs.append(self.init(_raw(f"{key}.weight_zero_point", TensorProto.UINT4, zero.shape, _pack_flat(zero))))
-            return self.node("DequantizeLinear", inputs, dq, axis=-1, block_size=group)
-        if fmt == "nvfp4":
-            self.init(_raw(w, TensorProto.FLOAT4E2M1, shape, t["packed"]))
-            block_scale = self.init(_raw(f"{key}.weight_block_scale", TensorProto.FLOAT8E4M3FN, t["block_scale"].shape, t["block_scale"]))
-            tensor_scale = self.array(f"{key}.weight_tensor_scale", t["tensor_scale"].reshape(()))
-            scales = self.node("DequantizeLinear", [block_scale, tensor_scale], f"{key}.weight_block_scale_dq")
-            return self.node("DequantizeLinear", [w, scales], dq, axis=-1, block_size=NVFP4_BLOCK)
-        if fmt == "mxfp4":
-            self.init(_raw(w, TensorProto.FLOAT4E2M1, shape, t["packed"]))
-            scale = self.array(f"{key}.weight_scale", decode_e8m0(t["scale"]))  # 2^e, exact in FP32
-            block = layer.in_features // t["scale"].shape[-1]
-            return self.node("DequantizeLinear", [w, scale], dq, axis=-1, block_size=block)
-        raise ValueError(f"no ONNX weight pattern for {fmt!r}")
+        lower = WEIGHT_DEQUANTIZERS.get(layer.format.name)
+        if lower is None:
+            raise ValueError(f"no ONNX weight pattern for {layer.format.name!r}")
+        return lower(self, key, layer, layer.stored_weight(), [layer.out_features, layer.in_features])
+
+    def _integer_matmul(self, key: str, layer: QuantLinear, x: str, bias: str, out: str) -> None:
+        """QuantizeLinear (uint8, zero point 128: the grid of symmetric int8 shifted) feeding
+        ``com.microsoft::MatMulIntegerToFloat`` with the int8 [in, out] weight, its scales and the bias."""
+        self.domains.add("com.microsoft")
+        scale = self.array(f"{key}.input_scale", layer.input_scale.reshape(()))
+        zero = self.array(f"{key}.input_zero_point", torch.tensor(128, dtype=torch.uint8))
+        xq = self.node("QuantizeLinear", [x, scale, zero], f"{key}.input_uint8")
+        t = layer.stored_weight()
+        w_t = self.array(f"{key}.weight", t["values"].t())
+        inputs = [xq, w_t, scale, self.array(f"{key}.weight_scale", t["scale"]), zero]
+        if bias:
+            inputs += ["", bias]  # no weight zero point
+        self.nodes.append(helper.make_node("MatMulIntegerToFloat", inputs, [out], name=f"{key}.matmul_integer",
+                                           domain="com.microsoft"))
 
     def _matmul_nbits(self, key: str, layer: QuantLinear, x: str, bias: str, out: str) -> None:
         t, group = layer.stored_weight(), layer.format.group_size
@@ -273,12 +322,61 @@ class _Lowering:
         ))
 
 
+# Weight format → the nodes that dequantize its stored tensors (``t``) into a float [out, in] tensor.
+WEIGHT_DEQUANTIZERS = Registry("ONNX weight format")
+
+
+@WEIGHT_DEQUANTIZERS.register("int8")
+def _int8_weight(low: _Lowering, key: str, layer, t, shape) -> str:
+    w = low.array(f"{key}.weight", t["values"])
+    return low.node("DequantizeLinear", [w, low.array(f"{key}.weight_scale", t["scale"])], f"{key}.weight_dq", axis=0)
+
+
+@WEIGHT_DEQUANTIZERS.register("fp8")
+def _fp8_weight(low: _Lowering, key: str, layer, t, shape) -> str:
+    w = low.init(_raw(f"{key}.weight", TensorProto.FLOAT8E4M3FN, shape, t["values"]))
+    return low.node("DequantizeLinear", [w, low.array(f"{key}.weight_scale", t["scale"])], f"{key}.weight_dq", axis=0)
+
+
+@WEIGHT_DEQUANTIZERS.register("int4")
+def _int4_weight(low: _Lowering, key: str, layer, t, shape) -> str:
+    w, zero = f"{key}.weight", t["zero"]
+    inputs = [w, low.array(f"{key}.weight_scale", t["scale"])]
+    if bool((zero == 8).all()):
+        # Symmetric: signed codes q - 8; flipping bit 3 of each nibble turns q into q - 8
+        # in two's complement, so no zero point is needed.
+        low.init(_raw(w, TensorProto.INT4, shape, t["packed"] ^ 0x88))
+    else:
+        low.init(_raw(w, TensorProto.UINT4, shape, t["packed"]))
+        inputs.append(low.init(_raw(f"{key}.weight_zero_point", TensorProto.UINT4, zero.shape, _pack_flat(zero))))
+    return low.node("DequantizeLinear", inputs, f"{key}.weight_dq", axis=-1, block_size=layer.format.group_size)
+
+
+@WEIGHT_DEQUANTIZERS.register("nvfp4")
+def _nvfp4_weight(low: _Lowering, key: str, layer, t, shape) -> str:
+    w = low.init(_raw(f"{key}.weight", TensorProto.FLOAT4E2M1, shape, t["packed"]))
+    block_scale = low.init(_raw(f"{key}.weight_block_scale", TensorProto.FLOAT8E4M3FN, t["block_scale"].shape,
+                                t["block_scale"]))
+    tensor_scale = low.array(f"{key}.weight_tensor_scale", t["tensor_scale"].reshape(()))
+    scales = low.node("DequantizeLinear", [block_scale, tensor_scale], f"{key}.weight_block_scale_dq")
+    return low.node("DequantizeLinear", [w, scales], f"{key}.weight_dq", axis=-1, block_size=NVFP4_BLOCK)
+
+
+@WEIGHT_DEQUANTIZERS.register("mxfp4")
+def _mxfp4_weight(low: _Lowering, key: str, layer, t, shape) -> str:
+    w = low.init(_raw(f"{key}.weight", TensorProto.FLOAT4E2M1, shape, t["packed"]))
+    scale = low.array(f"{key}.weight_scale", decode_e8m0(t["scale"]))  # 2^e, exact in FP32
+    block = layer.in_features // t["scale"].shape[-1]
+    return low.node("DequantizeLinear", [w, scale], f"{key}.weight_dq", axis=-1, block_size=block)
+
+
 def lower_quant_linears(model: onnx.ModelProto, layers: dict[str, QuantLinear], target: str) -> onnx.ModelProto:
     """Replace the ``compressor`` placeholders of ``layers`` (graph key → layer) by ``target``'s pattern.
 
     For TensorRT the model is first converted to opset 23 / IR 11 (returns a new ModelProto).
     """
-    if target == "tensorrt":
+    # W8A8-only graphs keep opset 17; FP4, INT4, FP8 and blocked DequantizeLinear need opset 23.
+    if target == "tensorrt" and any(layer.format.name != "int8" for layer in layers.values()):
         model = version_converter.convert_version(model, TRT_OPSET)
         model.ir_version = TRT_IR_VERSION
     _Lowering(model, layers, target).run()
@@ -294,10 +392,10 @@ _ORT_DQ = "float MatMul on INT8 weights dequantized in the graph (DequantizeLine
 
 
 def _kernel(layer: nn.Module, target: str) -> str | None:
-    if isinstance(layer, Int8Linear):
-        return _ORT_INT8 if target == "onnxruntime" else "INT8 GEMM (Q/DQ)"
     if not isinstance(layer, QuantLinear):
         return None
+    if _integer_gemm(layer, target):
+        return _ORT_INT8
     weight, activation = layer.format.name, layer.scheme.activation
     if target == "onnxruntime":
         return {"int4": _ORT_NBITS, "int8": _ORT_DQ}.get(weight, _ORT_FLOAT)

@@ -11,7 +11,7 @@ torch.set_num_threads(2)
 
 from compressor.data import default_calibration_file  # noqa: E402
 from compressor.model import default_model_dir, load_model  # noqa: E402
-from compressor.recipe import Recipe  # noqa: E402
+from compressor.recipe import Recipe, load_recipe  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -32,7 +32,7 @@ def one_torch_thread():
 
 
 def make_recipe() -> Recipe:
-    return Recipe(**TEST_RECIPE)
+    return load_recipe("int8").with_calibration(**TEST_RECIPE)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,8 @@
 """The compressed checkpoint directory: INT8 tensors on disk, the record, reload, and atomic writes."""
 import json
+from pathlib import Path
+
+import numpy as np
 
 import pytest
 import torch
@@ -7,9 +10,9 @@ from safetensors import safe_open
 
 import exporters.checkpoint as checkpoint
 from compressor.errors import CompressorError
-from compressor.int8_linear import Int8Linear
+from compressor.quant_linear import QuantLinear
 from compressor.pipeline import compress
-from compressor.recipe import Recipe
+from compressor.recipe import Recipe, load_recipe
 from exporters.checkpoint import (
     FORMAT_VERSION, checkpoint_bytes, is_compressed_checkpoint, load_any, load_compressed, save_compressed,
 )
@@ -46,7 +49,7 @@ def test_weights_stored_as_int8(compressed_dir, record):
     with safe_open(str(compressed_dir / "model.safetensors"), framework="pt") as f:
         keys = set(f.keys())
         for name in int8:
-            weight = f.get_slice(f"{name}.weight")
+            weight = f.get_slice(f"{name}.weight_values")
             assert weight.get_dtype() == "I8", name
             out_features = weight.get_shape()[0]
             assert f.get_slice(f"{name}.weight_scale").get_dtype() == "F32"
@@ -80,7 +83,8 @@ def test_record(record, recipe, calib_file, minilm_dir):
     assert {layer["format"] for layer in layers} <= {"int8", "float"}
     assert sorted(record["fallback"]) == sorted(layer["name"] for layer in floats)
     assert record["recipe"] == recipe.to_dict()
-    assert Recipe.from_dict(record["recipe"]) == recipe
+    assert Recipe.from_dict(record["recipe"]).to_dict() == recipe.to_dict()
+    assert [p["pass"] for p in record["passes"]] == ["smoothquant", "quantize", "fallback"]
     calibration = record["calibration"]
     assert (calibration["data"], calibration["samples"], calibration["max_length"]) == (str(calib_file), 48, 128)
     assert calibration["default"] is False and "48 sentences" in calibration["description"]
@@ -91,7 +95,7 @@ def test_record(record, recipe, calib_file, minilm_dir):
             assert layer["error"] <= layer["error_unsmoothed"]
     errors = record["output_error"]
     assert 0 <= errors["output_error_final"] <= errors["output_error_quantized"] < 0.05
-    assert errors["tolerance"] == recipe.fallback_tolerance
+    assert errors["tolerance"] == recipe.find("fallback").config.tolerance
 
 
 def test_readme(compressed_dir, record):
@@ -107,7 +111,7 @@ def test_reload_reproduces_pipeline_model(compressed_handle, reloaded, record, p
     for layer in record["layers"]:
         module = modules[layer["name"]]
         if layer["format"] == "int8":
-            assert isinstance(module, Int8Linear)
+            assert isinstance(module, QuantLinear) and module.scheme.name == "int8"
             assert (module.input_smooth is not None) == (layer["smoothing_alpha"] is not None)
         else:
             assert type(module) is torch.nn.Linear
@@ -157,7 +161,7 @@ def test_existing_output_without_overwrite(minilm_dir, calib_file, tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("precious")
     with pytest.raises(CompressorError, match="already exists.*--overwrite"):
-        compress(minilm_dir, Recipe(), calib_file, out)
+        compress(minilm_dir, load_recipe("int8"), calib_file, out)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     assert (out / "keep.txt").read_text() == "precious"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
@@ -168,7 +172,7 @@ def test_failing_compress_leaves_nothing(minilm_dir, tmp_path):
     empty.write_text("\n\n")
     out = tmp_path / "out"
     with pytest.raises(CompressorError, match="data file is empty"):
-        compress(minilm_dir, Recipe(calib_samples=8), empty, out)
+        compress(minilm_dir, load_recipe("int8").with_calibration(calib_samples=8), empty, out)
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.txt"]
 
@@ -176,7 +180,7 @@ def test_failing_compress_leaves_nothing(minilm_dir, tmp_path):
 def empty_record() -> dict:
     """The smallest record save_compressed accepts: no layer quantized."""
     return {
-        "recipe": Recipe().to_dict(), "layers": [], "fallback": [], "source": "x",
+        "recipe": load_recipe("int8").to_dict(), "layers": [], "fallback": [], "source": "x",
         "calibration": {"data": "d", "samples": 1, "max_length": 8},
     }
 
@@ -211,3 +215,68 @@ def test_overwrite_replaces_directory(fp32_handle, tmp_path):
     names = {p.name for p in out.iterdir()}
     assert "stale.txt" not in names and {"model.safetensors", "compression.json", "README.md"} <= names
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+# --- older checkpoint versions ---------------------------------------------------------------
+
+ASSETS = Path(__file__).parent / "assets"
+
+
+def test_format_version_2_checkpoint_loads_exactly_and_exports(tmp_path):
+    """tests/assets/checkpoint_v2 was written by the format-2 code (every scheme of that version, INT8
+    W8A8 layers stored as ``.weight``, INT8 embeddings); its reloaded output was saved beside it."""
+    from safetensors.torch import load_file
+
+    from exporters.onnx_export import export_onnx, onnx_session
+
+    handle = load_compressed(ASSETS / "checkpoint_v2")
+    assert handle.info["format_version"] == 2
+    expected = load_file(str(ASSETS / "checkpoint_v2_expected.safetensors"))
+    inputs = {k: expected[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    with torch.no_grad():
+        hidden = handle.model(**inputs).last_hidden_state
+    assert torch.equal(hidden, expected["last_hidden_state"])
+    w8a8 = handle.model.get_submodule("encoder.layer.0.output.dense")
+    assert isinstance(w8a8, QuantLinear) and w8a8.scheme.name == "int8" and w8a8.weight_values.dtype == torch.int8
+    path = export_onnx(handle, tmp_path / "v2.onnx", "onnxruntime")
+    out = onnx_session(path).run(None, {k: v.numpy() for k, v in inputs.items()})[0]
+    reference = expected["last_hidden_state"].numpy()
+    assert float(np.linalg.norm(out - reference) / np.linalg.norm(reference)) < 1e-2
+    # saved again, it is a current-version checkpoint that reloads to the same model
+    again = save_compressed(handle, tmp_path / "v3", dict(handle.info))
+    reloaded = load_compressed(again)
+    assert reloaded.info["format_version"] == FORMAT_VERSION
+    with torch.no_grad():
+        assert torch.equal(reloaded.model(**inputs).last_hidden_state, hidden)
+
+
+def test_unknown_module_kind_is_one_line_error(tmp_path):
+    import shutil
+
+    copy = tmp_path / "ckpt"
+    shutil.copytree(ASSETS / "checkpoint_v2", copy)
+    handle = load_compressed(copy)
+    path = save_compressed(handle, tmp_path / "v3", dict(handle.info))
+    record = json.loads((path / "compression.json").read_text())
+    record["modules"][0]["module"] = "hyperbolic_linear"
+    (path / "compression.json").write_text(json.dumps(record))
+    with pytest.raises(CompressorError, match="unknown module kind 'hyperbolic_linear'"):
+        load_compressed(path)
+
+
+def test_outputs_have_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from exporters.onnx_export import export_onnx
+
+    handle = load_compressed(ASSETS / "checkpoint_v2")
+    mask = os.umask(0o022)
+    try:
+        out = save_compressed(handle, tmp_path / "ckpt", dict(handle.info))
+        onnx_path = export_onnx(handle, tmp_path / "model.onnx", "onnxruntime")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    for path in [*out.iterdir(), onnx_path]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path

@@ -5,7 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from compressor.cli import main
 
@@ -56,7 +58,7 @@ def test_yaml_recipe_with_unknown_field(capsys, minilm_dir, calib_file, tmp_path
     code = main(["compress", str(minilm_dir), "--recipe", str(recipe), "--calib-data", str(calib_file),
                  "--output", str(tmp_path / "out")])
     assert code == 2
-    assert_one_line_error(capsys, "unknown recipe field 'smooth_quant'")
+    assert_one_line_error(capsys, "unknown field 'smooth_quant'")
     assert not (tmp_path / "out").exists()
 
 
@@ -128,20 +130,61 @@ def test_export_tensorrt_engine_without_tensorrt(capsys, compressed_dir, tmp_pat
     assert not out.exists()
 
 
+TINY_STS_PAIRS = 20
+
+
 @pytest.fixture(scope="module")
 def tiny_sts(packaged_sentences, tmp_path_factory):
-    """20 labelled pairs in the 'sentence1<TAB>sentence2<TAB>score' layout."""
+    """20 labelled pairs of distinct sentences in the 'sentence1<TAB>sentence2<TAB>score' layout (no two
+    pairs with the same cosine, so rank ties cannot make runtimes disagree)."""
     rng = random.Random(0)
     path = tmp_path_factory.mktemp("eval") / "tiny-sts.tsv"
     rows = []
-    for i in range(20):
+    for i in range(TINY_STS_PAIRS):
         a, b = packaged_sentences[2 * i], packaged_sentences[2 * i + 1]
-        rows.append(f"{a}\t{b if i % 3 else a}\t{rng.uniform(0, 5):.2f}")
+        rows.append(f"{a}\t{b}\t{rng.uniform(0, 5):.2f}")
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return path
 
 
-def test_compare_writes_report(capsys, minilm_dir, compressed_dir, tiny_sts, tmp_path):
+def reference_spearman(handle, tiny_sts) -> float:
+    """STS Spearman x100 from the model's own PyTorch embeddings, ranked by scipy."""
+    from scipy.stats import spearmanr
+
+    rows = [line.split("\t") for line in tiny_sts.read_text(encoding="utf-8").splitlines()]
+    first, second = handle.embed([r[0] for r in rows]), handle.embed([r[1] for r in rows])
+    cosine = torch.nn.functional.cosine_similarity(first, second).numpy()
+    return 100 * spearmanr(cosine, [float(r[2]) for r in rows]).statistic
+
+
+def ort_embeddings(handle, sentences: list[str], path: Path):
+    """Mean-pooled, L2-normalised embeddings of the model's ONNX export run directly in ONNX Runtime."""
+    import onnxruntime
+
+    from exporters.onnx_export import export_onnx
+
+    session = onnxruntime.InferenceSession(str(export_onnx(handle, path, "onnxruntime")),
+                                           providers=["CPUExecutionProvider"])
+    encoded = handle.tokenizer(sentences, padding=True, truncation=True, max_length=128, return_tensors="np")
+    hidden = session.run(None, {i.name: encoded[i.name].astype(np.int64) for i in session.get_inputs()})[0]
+    mask = encoded["attention_mask"][..., None].astype(np.float64)
+    mean = (hidden * mask).sum(1) / mask.sum(1)
+    return mean / np.linalg.norm(mean, axis=1, keepdims=True)
+
+
+def expected_bits_per_weight(fp32_model, record) -> float:
+    """Weight-count-weighted bits of the Linear layers: INT8 is 8 bits plus one fp32 scale per output row
+    (8 + 32 / in_features per weight), a layer kept in float 16."""
+    bits = total = 0
+    for layer in record["layers"]:
+        linear = fp32_model.get_submodule(layer["name"])
+        per_weight = {"int8": 8 + 32 / linear.in_features, "float": 16}[layer["format"]]
+        bits += per_weight * linear.weight.numel()
+        total += linear.weight.numel()
+    return bits / total
+
+
+def test_compare_writes_report(capsys, minilm_dir, compressed_dir, fp32_handle, compressed_handle, tiny_sts, tmp_path):
     report_dir = tmp_path / "report"
     code = main(["compare", str(minilm_dir), str(compressed_dir), "--eval-data", str(tiny_sts),
                  "--report", str(report_dir), "--repeats", "2", "--batch", "4", "--length", "32"])
@@ -151,7 +194,7 @@ def test_compare_writes_report(capsys, minilm_dir, compressed_dir, tiny_sts, tmp
     assert not any(".partial" in p.name for p in tmp_path.iterdir())
 
     report = json.loads((report_dir / "report.json").read_text())
-    assert report["fidelity_sentences"] == 40
+    assert report["kind"] == "encoder" and report["fidelity_sentences"] == 2 * TINY_STS_PAIRS
     assert report["task"] is not None
     assert report["latency_setup"]["batch"] == 4 and report["latency_setup"]["length"] == 32
     assert report["latency_setup"]["repeats"] == 2
@@ -160,21 +203,34 @@ def test_compare_writes_report(capsys, minilm_dir, compressed_dir, tiny_sts, tmp
     original, compressed = rows["original"], rows[compressed_dir.name]
     assert original["recipe"] == "fp32" and original["int8_layers"] == 0
     assert compressed["recipe"] == "int8" and compressed["int8_layers"] >= 34
-    for row in rows.values():
-        assert -100 <= row["spearman"] <= 100
-        assert row["latency_ms"] > 0 and row["latency_ratio"] > 0
-        assert row["weights_bytes"] > 0 and row["onnx_bytes"] > 0
-    assert original["latency_ratio"] == 1.0 and original["size_ratio"] == 1.0
+    # the ONNX Runtime figures against the same figures from PyTorch: the original's export computes the same
+    # embeddings (identical ranks), the INT8 kernels agree with PyTorch's INT8 numerics to a rank swap or two
+    assert original["spearman"] == pytest.approx(reference_spearman(fp32_handle, tiny_sts), abs=1e-6)
+    assert compressed["spearman"] == pytest.approx(reference_spearman(compressed_handle, tiny_sts), abs=1.0)
     assert original["spearman_delta"] == 0.0
-    assert original["cosine_mean"] == pytest.approx(1.0, abs=1e-6)
-    assert 0.99 < compressed["cosine_mean"] < 1.0
-    assert compressed["cosine_min"] <= compressed["cosine_mean"]
-    assert compressed["size_ratio"] < 0.75
     assert compressed["spearman_delta"] == pytest.approx(compressed["spearman"] - original["spearman"])
+    # fidelity: the cosines between ONNX Runtime embeddings computed here, first sentences then second ones
+    pairs = [line.split("\t") for line in tiny_sts.read_text(encoding="utf-8").splitlines()]
+    sentences = [r[0] for r in pairs] + [r[1] for r in pairs]
+    reference = ort_embeddings(fp32_handle, sentences, tmp_path / "fp32.onnx")
+    cosine = (reference * ort_embeddings(compressed_handle, sentences, tmp_path / "int8.onnx")).sum(1)
+    assert original["cosine_mean"] == pytest.approx(1.0, abs=1e-6)
+    assert 1 - compressed["cosine_mean"] == pytest.approx(1 - cosine.mean(), rel=1e-3)
+    assert 1 - compressed["cosine_min"] == pytest.approx(1 - cosine.min(), rel=1e-3)
+    for row in rows.values():
+        assert row["latency_ms"] > 0 and row["latency_ratio"] > 0
+        assert row["onnx_bytes"] > 0
+        assert row["weights_bytes"] == sum(p.stat().st_size for p in Path(row["path"]).glob("*.safetensors"))
+    assert original["latency_ratio"] == 1.0 and original["size_ratio"] == 1.0
+    assert compressed["size_ratio"] == compressed["weights_bytes"] / original["weights_bytes"] < 0.75
+    record = json.loads((compressed_dir / "compression.json").read_text())
+    bits = expected_bits_per_weight(fp32_handle.model, record)
+    assert compressed["bits_per_weight"] == pytest.approx(bits, abs=1e-3)
 
     md = (report_dir / "report.md").read_text()
-    assert md.startswith("| model | recipe | bits/weight | Spearman |")
-    assert f"| {compressed_dir.name} | int8 | 8.06 |" in md and "MatMulIntegerToFloat INT8 kernel" in md
+    assert md.startswith("| model | recipe | bits/weight | Spearman | Δ | cos to original | latency ms |")
+    assert f"| {compressed_dir.name} | int8 | {bits:.2f} | {compressed['spearman']:.2f} |" in md
+    assert "MatMulIntegerToFloat INT8 kernel" in md
     png = (report_dir / "report.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
 
@@ -190,6 +246,18 @@ def test_compare_fidelity_only_on_plain_sentences(minilm_dir, compressed_dir, pa
     assert all("spearman" not in row for row in report["models"])
     assert "Spearman" not in (report_dir / "report.md").read_text()
     assert (report_dir / "report.png").stat().st_size > 0
+
+
+def test_compare_labelled_file_with_a_malformed_line_is_an_error(capsys, minilm_dir, tiny_sts, tmp_path):
+    lines = tiny_sts.read_text(encoding="utf-8").splitlines()
+    broken = tmp_path / "broken.tsv"
+    broken.write_text("\n".join(lines[:4] + ["a sentence with no pair and no score"] + lines[4:]) + "\n")
+    code = main(["compare", str(minilm_dir), str(minilm_dir), "--eval-data", str(broken),
+                 "--report", str(tmp_path / "report")])
+    assert code == 2
+    line = assert_one_line_error(capsys, f"{broken}:5:", "expected an STS Benchmark row")
+    assert f"other {TINY_STS_PAIRS} lines are labelled pairs" in line
+    assert not (tmp_path / "report").exists()
 
 
 def test_compress_overwrite_replaces_directory(capsys, minilm_dir, calib_file, tmp_path):

@@ -18,11 +18,11 @@ from onnx.reference import ReferenceEvaluator
 from torch import nn
 
 from compressor.errors import CompressorError
-from compressor.int8_linear import Int8Linear
+from compressor.quant_linear import QuantLinear
 from compressor.model import load_model
 from compressor.pipeline import compress
 from compressor.quant_linear import QuantLinear
-from compressor.recipe import Recipe, load_recipe
+from compressor.recipe import FLAT_PRESETS, flat_recipe, load_recipe
 from exporters.checkpoint import load_compressed
 from exporters.onnx_export import export_onnx, onnx_session
 from exporters.onnx_lowbit import reference_ops
@@ -36,6 +36,10 @@ QUANTIZED_PER_BLOCK, FLOAT_PER_BLOCK = 6, 3
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _is_w8a8(module) -> bool:
+    return isinstance(module, QuantLinear) and module.scheme.name == "int8"
 
 
 def randomized(model: nn.Module) -> nn.Module:
@@ -66,7 +70,7 @@ def compressed(dit, tmp_path_factory):
     def get(preset: str, **overrides):
         key = preset + json.dumps(overrides, sort_keys=True)
         if key not in cache:
-            recipe = Recipe.from_dict({**FAST, **overrides}, base=load_recipe(preset))
+            recipe = flat_recipe({**FLAT_PRESETS[preset], **FAST, **overrides})
             output = root / f"{preset}-{len(cache)}"
             cache[key] = output, compress(dit[0], recipe, None, output)
         return cache[key]
@@ -175,7 +179,7 @@ def test_int8_quantizes_blocks_and_keeps_conditioning_float(compressed):
             or name in ("proj_out_1", "proj_out_2")]
     assert len(quantized) == 2 * QUANTIZED_PER_BLOCK and len(kept) == 2 * FLOAT_PER_BLOCK + 2
     assert sorted(quantized + kept) == sorted(chosen)
-    assert all(chosen[name] == "int8" and isinstance(handle.model.get_submodule(name), Int8Linear) for name in quantized)
+    assert all(chosen[name] == "int8" and _is_w8a8(handle.model.get_submodule(name)) for name in quantized)
     assert all(chosen[name] == "float" and type(handle.model.get_submodule(name)) is nn.Linear for name in kept)
     assert not handle.info["fallback"]
 
@@ -185,7 +189,7 @@ def test_pinned_formats_quantize_kept_layers(compressed):
     chosen = formats(handle)
     pinned = [name for name in chosen if name.endswith(".norm1.linear")]
     assert len(pinned) == 2
-    assert all(chosen[name] == "int8" and isinstance(handle.model.get_submodule(name), Int8Linear) for name in pinned)
+    assert all(chosen[name] == "int8" and _is_w8a8(handle.model.get_submodule(name)) for name in pinned)
     embedders = [name for name in chosen if ".norm1.emb." in name]
     assert embedders and all(chosen[name] == "float" for name in embedders)
 
@@ -208,7 +212,7 @@ def test_record_has_per_step_ranges_and_default_calibration(compressed, dit):
 def test_checkpoint_reloads_with_identical_outputs(compressed, batch):
     output, handle = compressed("int8")
     loaded = load_compressed(output)
-    assert isinstance(loaded.model.get_submodule("transformer_blocks.1.ff.net.2"), Int8Linear)
+    assert _is_w8a8(loaded.model.get_submodule("transformer_blocks.1.ff.net.2"))
     assert np.array_equal(run(loaded, batch), run(handle, batch))
 
 
@@ -221,9 +225,9 @@ def test_int8_output_stays_close_to_fp32(compressed, dit, batch):
 def test_calibration_file_is_used(dit, tmp_path):
     data = tmp_path / "calib.json"
     data.write_text(json.dumps({"class_labels": [0, 1, 2, 3], "seed": 3}))
-    recipe = Recipe.from_dict(FAST, base=load_recipe("int8"))
+    recipe = flat_recipe(FAST)
     handle = load_model(dit[0])
-    batches, _, info = handle.adapter.calibration(handle, data, recipe)
+    batches, _, info = handle.adapter.calibration(handle, data, recipe.calibration)
     assert len(batches) == STEPS
     # guided (the recipe default): the file's labels, then the null class for the unconditional half
     assert batches[0]["class_labels"].tolist() == [0, 1, 2, 3, 4, 4, 4, 4]
@@ -242,7 +246,7 @@ def test_calibration_file_is_used(dit, tmp_path):
 def test_bad_calibration_file_fails_naming_the_field(dit, tmp_path, content, match):
     data = tmp_path / "calib.json"
     data.write_text(content)
-    recipe = Recipe.from_dict(FAST, base=load_recipe("int8"))
+    recipe = flat_recipe(FAST)
     one_line_error(lambda: compress(dit[0], recipe, data, tmp_path / "out"), match)
     assert not (tmp_path / "out").exists()
 
@@ -346,7 +350,7 @@ def test_pixart_compress_and_export(tmp_path):
     randomized(PixArtTransformer2DModel(
         num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=1, sample_size=8,
         patch_size=2, cross_attention_dim=16, caption_channels=12, norm_type="ada_norm_single")).save_pretrained(path)
-    recipe = Recipe.from_dict({"calib_images": 4, "sampling_steps": 3}, base=load_recipe("int8"))
+    recipe = flat_recipe({"calib_images": 4, "sampling_steps": 3})
     handle = compress(path, recipe, None, tmp_path / "out")
     assert handle.info["calibration"]["default"] is True
     assert "Gaussian caption embeddings" in handle.info["calibration"]["description"]

@@ -130,3 +130,21 @@ def test_collect_hessians_matches_direct_computation():
     h2, n2 = result["2"]
     assert n2 == 20 and h2.shape == (4, 4)
     assert torch.allclose(h2, 2.0 * x2.T @ x2 / len(x2))
+
+
+def test_escalated_damping_is_reported():
+    from compressor.numerics.formats import make_weight_format
+    from compressor.passes.gptq import gptq_quantize
+
+    torch.manual_seed(0)
+    weight = torch.randn(4, 16)
+    x = torch.randn(3, 16)
+    x[:, 1] = -x[:, 0]  # rank-deficient and indefinite after a tiny negative perturbation
+    hessian = (2.0 / 3 * x.T @ x).double()
+    hessian -= torch.eye(16, dtype=torch.float64) * 0.05 * float(hessian.diagonal().mean())
+    report: dict = {}
+    gptq_quantize(weight, hessian, make_weight_format("int8"), damp=0.01, report=report)
+    assert report["damp"] > 0.01  # 0.01 x the mean diagonal cannot lift a -0.05 x shift
+    report = {}
+    gptq_quantize(weight, torch.eye(16, dtype=torch.float64), make_weight_format("int8"), damp=0.01, report=report)
+    assert report["damp"] == 0.01

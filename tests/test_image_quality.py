@@ -1,5 +1,6 @@
 """Image-quality metrics for generated images, checked against hand-computed values and independent
 numpy/scipy implementations."""
+import warnings
 from types import SimpleNamespace
 
 import matplotlib.image
@@ -12,6 +13,7 @@ from torch import nn
 from compressor.diffusion import quality
 from compressor.diffusion.quality import frechet_distance, judge_scores, psnr, save_sample_grid, ssim
 from compressor.errors import CompressorError
+from compressor.evaluation.generated_images import load_judge
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -170,27 +172,72 @@ class ArgmaxPixelJudge(nn.Module):
         super().__init__()
         self.batches = []
 
-    def features(self, images):
+    def forward(self, images):
         assert not torch.is_grad_enabled()
         self.batches.append(len(images))
-        return images.flatten(1)
+        features = images.flatten(1)
+        return features, features
 
-    def forward(self, images):
-        return self.features(images)
+
+def brightest_pixel_images(brightest: list[int]) -> torch.Tensor:
+    images = torch.full((len(brightest), 1, 2, 2), -1.0)
+    images.view(len(brightest), 4)[torch.arange(len(brightest)), torch.tensor(brightest)] = 1.0
+    return images
 
 
 def test_judge_scores_accuracy_and_features():
     brightest = [0, 3, 2, 1, 1, 0, 3]
     labels = [0, 3, 1, 1, 2, 0, 3]  # images 2 and 4 are misclassified: 5 of 7 correct
-    images = torch.full((7, 1, 2, 2), -1.0)
-    images.view(7, 4)[torch.arange(7), torch.tensor(brightest)] = 1.0
+    images = brightest_pixel_images(brightest)
     judge = ArgmaxPixelJudge()
     scores = judge_scores(judge, images, torch.tensor(labels), batch_size=3)
     assert scores["accuracy"] == pytest.approx(5 / 7, abs=1e-12)
-    assert judge.batches == [3, 3, 3, 3, 1, 1]  # features, then forward (which calls features), per batch of <= 3
+    assert judge.batches == [3, 3, 1]  # one call per batch of <= 3
     assert scores["features"].dtype == np.float64
     np.testing.assert_array_equal(scores["features"], images.flatten(1).numpy())
     assert judge_scores(ArgmaxPixelJudge(), images, np.array(brightest))["accuracy"] == 1.0
+    unlabelled = judge_scores(ArgmaxPixelJudge(), images)
+    assert unlabelled["accuracy"] is None
+    np.testing.assert_array_equal(unlabelled["features"], images.flatten(1).numpy())
+
+
+def test_judge_scores_rejects_a_judge_without_the_contract():
+    class LogitsOnly(nn.Module):
+        def forward(self, images):
+            return images.flatten(1)
+
+    with pytest.raises(CompressorError, match=r"\(logits, features\)"):
+        judge_scores(LogitsOnly(), brightest_pixel_images([0, 1]), [0, 1])
+    with pytest.raises(CompressorError, match="one label per image"):
+        judge_scores(ArgmaxPixelJudge(), brightest_pixel_images([0, 1]), [0])
+
+
+class ScriptableArgmaxPixelJudge(nn.Module):
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = images.flatten(1)
+        return features, features
+
+
+def test_a_torchscript_judge_file_needs_no_code_to_load(tmp_path):
+    path = tmp_path / "judge.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(ScriptableArgmaxPixelJudge()), str(path))
+    judge = load_judge(path)
+    brightest = [2, 0, 3, 3]
+    scores = judge_scores(judge, brightest_pixel_images(brightest), [2, 0, 3, 1])
+    assert scores["accuracy"] == 0.75
+    np.testing.assert_array_equal(scores["features"], brightest_pixel_images(brightest).flatten(1).numpy())
+
+
+def test_load_judge_errors(tmp_path):
+    with pytest.raises(CompressorError, match="judge classifier not found"):
+        load_judge(tmp_path / "missing.pt")
+    weights = tmp_path / "judge.safetensors"
+    weights.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    with pytest.raises(CompressorError, match="is not a TorchScript judge") as info:
+        load_judge(weights)
+    assert "\n" not in str(info.value)
 
 
 # --- sample grid ----------------------------------------------------------------------------------------------

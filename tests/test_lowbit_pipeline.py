@@ -16,7 +16,7 @@ from compressor.passes.precision_search import Option, choose_schemes
 from compressor.pipeline import compress
 from compressor.quant_embedding import QuantEmbedding
 from compressor.quant_linear import QuantLinear
-from compressor.recipe import Recipe, load_recipe
+from compressor.recipe import flat_recipe, load_recipe
 from compressor.numerics.formats import make_weight_format
 from exporters.checkpoint import checkpoint_bytes, load_compressed
 
@@ -25,7 +25,7 @@ QUERY = "encoder.layer.0.attention.self.query"
 
 
 def run(tiny_bert_dir, calib_file, tmp_path, **fields):
-    recipe = Recipe(**{**FAST, "fallback_max_layers": 0, **fields})
+    recipe = flat_recipe({**FAST, "fallback_max_layers": 0, **fields})
     return compress(tiny_bert_dir, recipe, calib_file, tmp_path / "out"), tmp_path / "out"
 
 
@@ -161,23 +161,26 @@ def test_embeddings_quantized_and_reloaded(tiny_bert_dir, calib_file, packaged_s
 
 
 @pytest.mark.parametrize("fields,message", [
-    ({"scheme": "int3"}, "recipe field 'scheme'"),
-    ({"formats": {"*.query": "nope"}}, "recipe field 'formats'"),
-    ({"candidates": ["nvfp4", "int8"]}, "recipe field 'max_bits'"),
-    ({"candidates": ["fp5"], "max_bits": 5.0}, "recipe field 'candidates'"),
-    ({"rounding": "adaround"}, "recipe field 'rounding'"),
-    ({"embeddings": "int2"}, "recipe field 'embeddings'"),
-    ({"group_size": 7}, "recipe field 'group_size'"),
+    ({"scheme": "int3"}, "field 'scheme'"),
+    ({"formats": {"*.query": "nope"}}, "field 'formats'"),
+    ({"candidates": ["nvfp4", "int8"]}, "field 'max_bits'"),
+    ({"candidates": ["fp5"], "max_bits": 5.0}, "field 'candidates'"),
+    ({"rounding": "adaround"}, "field 'rounding'"),
+    ({"embeddings": "int2"}, "field 'embeddings'"),
+    ({"group_size": 7}, "field 'group_size'"),
 ])
 def test_recipe_rejects_bad_lowbit_fields(fields, message):
     with pytest.raises(CompressorError, match=message):
-        Recipe(**fields)
+        flat_recipe(fields)
 
 
 def test_presets_name_their_formats():
-    assert load_recipe("fp4-int8").candidates == ["nvfp4", "w4a8-nvfp4", "int8"] and load_recipe("fp4-int8").max_bits == 5.0
-    assert load_recipe("int4-awq").scheme == "w4a16-int4" and load_recipe("int4-awq").awq
-    assert load_recipe("w4a16-nvfp4").scheme == "w4a16-nvfp4"
+    def quantize(name):
+        return load_recipe(name).find("quantize").config
+
+    assert quantize("fp4-int8").candidates == ["nvfp4", "w4a8-nvfp4", "int8"] and quantize("fp4-int8").max_bits == 5.0
+    assert quantize("int4-awq").scheme == "w4a16-int4" and load_recipe("int4-awq").find("awq") is not None
+    assert quantize("w4a16-nvfp4").scheme == "w4a16-nvfp4"
 
 
 def test_cli_max_bits_errors(capsys, tiny_bert_dir, calib_file, tmp_path):

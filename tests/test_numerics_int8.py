@@ -1,11 +1,11 @@
-"""compressor.numerics.int8 and compressor.int8_linear: symmetric INT8 arithmetic and the W8A8 Linear."""
+"""compressor.numerics.int8 and the W8A8 QuantLinear: symmetric INT8 arithmetic and the W8A8 Linear."""
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from compressor.int8_linear import Int8Linear
+from compressor.quant_linear import QuantLinear
 from compressor.numerics.int8 import (
     INT8_MAX,
     INT8_MIN,
@@ -134,7 +134,7 @@ def test_per_channel_weight_quantization_bound():
     assert float(err[0].max()) < float(w[5].abs().max()) / 127 / 2 / 10  # row 0 kept its own fine scale
 
 
-# --- Int8Linear ------------------------------------------------------------------------------
+# --- W8A8 QuantLinear --------------------------------------------------------------------------
 
 
 def _rel_error(a, b):
@@ -152,8 +152,8 @@ def _linear(in_features=64, out_features=32, bias=True, seed=0):
 def test_from_linear_close_to_float():
     linear = _linear()
     x = torch.randn(256, 64, generator=gen(4))
-    layer = Int8Linear.from_linear(linear, float(x.abs().max()))
-    assert layer.weight.dtype == torch.int8
+    layer = QuantLinear.from_linear(linear, "int8", float(x.abs().max()))
+    assert layer.weight_values.dtype == torch.int8
     assert layer.weight_scale.dtype == torch.float32
     assert layer.input_smooth is None
     assert float(layer.input_scale) == pytest.approx(float(x.abs().max()) / 127)
@@ -165,13 +165,13 @@ def test_from_linear_close_to_float():
     assert 0 < err < 0.02
     # int8 buffers are what gets saved
     state = layer.state_dict()
-    assert state["weight"].dtype == torch.int8
-    assert set(state) == {"weight", "weight_scale", "input_scale", "bias"}
+    assert state["weight_values"].dtype == torch.int8
+    assert set(state) == {"weight_values", "weight_scale", "input_scale", "bias"}
 
 
 def test_from_linear_without_bias():
     linear = _linear(bias=False)
-    layer = Int8Linear.from_linear(linear, 4.0)
+    layer = QuantLinear.from_linear(linear, "int8", 4.0)
     assert layer.bias is None
     x = torch.randn(32, 64, generator=gen(5))
     with torch.no_grad():
@@ -180,7 +180,7 @@ def test_from_linear_without_bias():
 
 def test_from_linear_dequantized_weight_within_half_step():
     linear = _linear()
-    layer = Int8Linear.from_linear(linear, 3.0)
+    layer = QuantLinear.from_linear(linear, "int8", 3.0)
     err = (layer.dequantized_weight() - linear.weight.detach()).abs()
     assert (err <= layer.weight_scale[:, None] / 2 * (1 + 1e-5)).all()
 
@@ -190,8 +190,8 @@ def test_from_linear_with_smoothing_keeps_float_product():
     smooth = 2.0 ** (torch.rand(64, generator=gen(6)) * 2 - 1)  # positive, in [0.5, 2]
     x = torch.randn(256, 64, generator=gen(7))
     amax = float((x * smooth).abs().max())
-    layer = Int8Linear.from_linear(linear, amax, smooth)
-    assert layer.weight.dtype == torch.int8
+    layer = QuantLinear.from_linear(linear, "int8", amax, smooth)
+    assert layer.weight_values.dtype == torch.int8
     assert torch.equal(layer.input_smooth, smooth)
     # the stored weight is W / smooth (i.e. W * s): dequantized weight * smooth ≈ W
     w = linear.weight.detach()
@@ -216,8 +216,8 @@ def test_smoothing_helps_with_outlier_channels():
     w_amax = linear.weight.detach().abs().amax(dim=0)
     s = (x.abs().amax(dim=0).sqrt() / w_amax.sqrt())  # alpha = 0.5
     smooth = 1.0 / s
-    plain = Int8Linear.from_linear(linear, float(x.abs().max()))
-    smoothed = Int8Linear.from_linear(linear, float((x * smooth).abs().max()), smooth)
+    plain = QuantLinear.from_linear(linear, "int8", float(x.abs().max()))
+    smoothed = QuantLinear.from_linear(linear, "int8", float((x * smooth).abs().max()), smooth)
     with torch.no_grad():
         ref = linear(x)
         assert _rel_error(smoothed(x), ref) < 0.5 * _rel_error(plain(x), ref)

@@ -177,9 +177,9 @@ def test_existing_file_needs_overwrite(fp32_handle, tmp_path):
 
 
 def test_export_restores_the_model(int8_handle, exported):
-    from compressor.int8_linear import Int8Linear
+    from compressor.quant_linear import QuantLinear
 
-    layers = [m for m in int8_handle.model.modules() if isinstance(m, Int8Linear)]
+    layers = [m for m in int8_handle.model.modules() if isinstance(m, QuantLinear)]
     assert layers and all(layer.export_fn is None for layer in layers)
     assert int8_handle.model.config._attn_implementation == "sdpa"
 

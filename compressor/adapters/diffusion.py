@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from compressor.errors import CompressorError
+from compressor.files import check_safetensors
 
 WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 SCHEDULER_FILE = "scheduler_config.json"
@@ -57,15 +58,25 @@ class DiffusionTransformerAdapter:
         self.cls = _diffusers_class(class_name)  # first: it names the unsupported class
         self.conditioning, self.keep_float = ARCHITECTURES[class_name]
 
+    @classmethod
+    def for_directory(cls, path: Path) -> "DiffusionTransformerAdapter | None":
+        class_name = diffusers_class_name(path)
+        return None if class_name is None else cls(class_name, path)
+
+    def load_tokenizer(self):
+        return None  # conditioning arrives as labels or embeddings
+
+    def blocks(self, model: nn.Module) -> list[str]:
+        """The transformer blocks in order (module names)."""
+        return [f"transformer_blocks.{i}" for i in range(len(model.transformer_blocks))]
+
     # --- loading and saving -------------------------------------------------------------------
     def load(self) -> nn.Module:
         path = self.directory
         if not any((path / name).is_file() for name in WEIGHTS):
             raise CompressorError(f"{path} has no weight file (looked for {', '.join(WEIGHTS)})")
         if (path / WEIGHTS[0]).is_file():
-            from compressor.model import _check_safetensors  # a truncated file fails here, not mid-run
-
-            _check_safetensors(path / WEIGHTS[0])
+            check_safetensors(path / WEIGHTS[0])  # a truncated file fails here, not mid-run
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

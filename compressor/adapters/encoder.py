@@ -1,8 +1,16 @@
-"""BERT-family text encoders (BERT, RoBERTa, XLM-R, ELECTRA): inputs, eligible layers, outputs."""
+"""BERT-family text encoders (BERT, RoBERTa, XLM-R, ELECTRA): loading, inputs, eligible layers, outputs."""
 from __future__ import annotations
+
+import warnings
+from pathlib import Path
 
 import torch
 from torch import nn
+
+from compressor.errors import CompressorError
+from compressor.files import check_safetensors, first_line, load_tokenizer, read_config
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
 
 
 class EncoderAdapter:
@@ -11,9 +19,52 @@ class EncoderAdapter:
     output_names = ("last_hidden_state",)
     keep_float: tuple[str, ...] = ()
 
+    def __init__(self, directory: Path | None = None, config=None):
+        self.directory, self.config = directory, config
+
     @classmethod
-    def supports(cls, config) -> bool:
-        return getattr(config, "model_type", None) in cls.model_types
+    def for_directory(cls, path: Path) -> "EncoderAdapter | None":
+        config = read_config(path)
+        return cls(path, config) if getattr(config, "model_type", None) in cls.model_types else None
+
+    def load(self) -> nn.Module:
+        from transformers import AutoModel
+
+        path = self.directory
+        weights = [path / name for name in WEIGHT_FILES if (path / name).is_file()]
+        if not weights:
+            raise CompressorError(f"{path} has no weight file (looked for {', '.join(WEIGHT_FILES)})")
+        if weights[0].suffix == ".safetensors":
+            check_safetensors(weights[0])
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model, loading = AutoModel.from_pretrained(
+                    path, local_files_only=True, output_loading_info=True, attn_implementation="sdpa"
+                )
+        except Exception as exc:
+            raise CompressorError(f"cannot load weights from {path}: {first_line(exc)}") from None
+        missing = [k for k in loading.get("missing_keys", []) if "pooler" not in k]
+        if missing:
+            raise CompressorError(f"{weights[0]} lacks {len(missing)} weights the architecture needs, e.g. {missing[0]}")
+        return model.eval()
+
+    def empty_model(self) -> nn.Module:
+        """The architecture with no weights loaded (a compressed checkpoint brings its own)."""
+        from transformers import AutoModel
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return AutoModel.from_config(self.config, attn_implementation="sdpa").eval()
+
+    def load_tokenizer(self):
+        return load_tokenizer(self.directory)
+
+    # --- the blocks a patching pass (token reduction) rewrites -------------------------------------
+    def blocks(self, model: nn.Module) -> list[str]:
+        """The transformer blocks in order (module names)."""
+        return [name for name, _ in model.named_modules() if name.count(".") == 2 and ".layer." in f".{name}"
+                and name.startswith("encoder.")]
 
     def input_names(self, tokenizer) -> tuple[str, ...]:
         names = ["input_ids", "attention_mask"]

@@ -8,7 +8,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import linalg
-from torch import nn
 
 from exporters.atomic import atomic_file
 
@@ -78,22 +77,31 @@ def frechet_distance(features_a, features_b, eps: float = 1e-6) -> float:
     return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean))
 
 
-def judge_scores(judge: nn.Module, images: torch.Tensor, labels, batch_size: int = 500) -> dict:
-    """Run the judge classifier (see compressor.evaluation.judge) over the images in batches.
+def judge_scores(judge, images: torch.Tensor, labels=None, batch_size: int = 500) -> dict:
+    """Run a judge classifier over the images in batches. The judge maps a batch of images in [-1, 1] to
+    (logits (N, classes), features (N, D)), as a TorchScript judge file does.
 
-    Returns {"accuracy": fraction of images whose argmax logit equals their label,
-    "features": the judge's penultimate features as an (N, D) float64 array}."""
-    labels = torch.as_tensor(labels)
-    if len(images) == 0 or len(images) != len(labels):
+    Returns {"accuracy": fraction of images whose argmax logit equals their label (None without labels),
+    "features": the judge's features as an (N, D) float64 array}."""
+    if labels is not None:
+        labels = torch.as_tensor(labels)
+    if len(images) == 0 or (labels is not None and len(images) != len(labels)):
         raise CompressorError(f"expected one label per image and at least one image, "
-                              f"got {len(images)} images and {len(labels)} labels")
+                              f"got {len(images)} images and {len(labels) if labels is not None else 0} labels")
     correct, features = 0, []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
             batch = images[start:start + batch_size]
-            features.append(judge.features(batch).double())
-            correct += (judge(batch).argmax(1) == labels[start:start + batch_size]).sum().item()
-    return {"accuracy": correct / len(images), "features": torch.cat(features).cpu().numpy()}
+            output = judge(batch)
+            if (not isinstance(output, (tuple, list)) or len(output) != 2
+                    or any(not isinstance(t, torch.Tensor) or t.dim() != 2 or len(t) != len(batch) for t in output)):
+                raise CompressorError("the judge must return (logits, features), two (N, D) tensors for N images")
+            logits, batch_features = output
+            features.append(batch_features.double())
+            if labels is not None:
+                correct += (logits.argmax(1) == labels[start:start + batch_size]).sum().item()
+    return {"accuracy": correct / len(images) if labels is not None else None,
+            "features": torch.cat(features).cpu().numpy()}
 
 
 def save_sample_grid(rows: dict[str, torch.Tensor], path: str | Path, columns: int = 10) -> None:

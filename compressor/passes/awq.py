@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from compressor.numerics.formats import WeightFormat
+from compressor.passes.base import PASSES, Pass, PassConfig
 from compressor.passes.smoothquant import SmoothingChoice
 
 AWQ_ALPHAS = [i / 10 for i in range(1, 11)]
@@ -48,3 +49,28 @@ def search_awq_scales(
         if error < best.error:
             best = SmoothingChoice(alpha, smooth, error, base)
     return best
+
+
+# --- the pass -----------------------------------------------------------------------------------
+
+
+class AwqConfig(PassConfig):
+    alphas: list[float] = AWQ_ALPHAS
+
+
+@PASSES.register("awq")
+class AwqPass(Pass):
+    """Activation-aware weight scaling for every quantized layer that is not W8A8 INT8, searched per
+    layer with that layer's weight format; the quantize pass folds the chosen scaling in."""
+
+    Config = AwqConfig
+    stage = "migrate"
+    requires = ("samples",)
+    before = ("quantize",)
+
+    def search(self, sample: torch.Tensor, weight: torch.Tensor, fmt: WeightFormat) -> SmoothingChoice:
+        return search_awq_scales(sample, weight, fmt, self.config.alphas)
+
+    def apply(self, context) -> dict:
+        context.shared.setdefault("migrations", {})["weight"] = self
+        return {"applies_to": "quantized layers other than W8A8 INT8", "alphas": self.config.alphas}

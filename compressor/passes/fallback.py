@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import nn
 from tqdm.auto import tqdm
 
+from compressor.passes.base import PASSES, Pass, PassConfig
 from compressor.passes.plan import QuantizationPlan, set_module
 
 
@@ -56,3 +58,33 @@ def apply_fallback(
     if chosen:
         errors["output_error_final"] = output_error(handle, batches, references)
     return chosen, errors
+
+
+# --- the pass -----------------------------------------------------------------------------------
+
+
+class FallbackConfig(PassConfig):
+    max_layers: int = Field(2, ge=0)
+    min_gain: float = Field(0.05, ge=0, le=1)  # share of the output error a float layer must remove
+    tolerance: float = Field(0.01, ge=0)  # no float layers while the relative output error stays below this
+
+
+@PASSES.register("fallback")
+class FallbackPass(Pass):
+    """Keeps in float the few quantized layers whose float copy removes the most output error, when the
+    quantized model's relative output error exceeds the tolerance."""
+
+    Config = FallbackConfig
+    stage = "refine"
+    after = ("quantize",)
+
+    def apply(self, context) -> dict:
+        cfg = self.config
+        restored, errors = apply_fallback(context.handle, context.shared["originals"], context.sensitivity_batches,
+                                          context.references, context.shared["plan"], cfg.max_layers, cfg.min_gain,
+                                          cfg.tolerance)
+        for name in restored:
+            context.calibration.invalidate(name)
+        context.shared["fallback"] = restored
+        context.shared["output_error"] = errors
+        return {"restored": restored, **errors}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from calibrators.collect import run_with_input_hooks
+from calibrators.statistics import HessianAccumulator
 from compressor.numerics.formats import WeightFormat
 
 DAMP_RETRIES = 4  # each retry multiplies the damping by 10
@@ -20,33 +21,20 @@ DAMP_RETRIES = 4  # each retry multiplies the damping by 10
 
 def collect_hessians(model, batches, layer_names, forward, token_mask) -> dict[str, tuple[torch.Tensor, int]]:
     """{layer: (H = 2/n · Σ xᵀx over real tokens, float64 [in, in], n)} for each named layer's input."""
-    hessians: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
-
-    def accumulate(name: str, x: torch.Tensor) -> None:
-        if len(x) == 0:
-            return
-        x = x.double()
-        seen = counts.get(name, 0)
-        total = seen + len(x)
-        h = hessians.get(name)
-        if h is None:
-            h = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
-        # A running mean rather than a running sum: the magnitude stays that of one token's xᵀx.
-        h.mul_(seen / total).addmm_(x.T, x, alpha=2.0 / total)
-        hessians[name], counts[name] = h, total
-
-    run_with_input_hooks(model, batches, layer_names, accumulate, forward, token_mask, desc="calibration: hessians")
-    return {name: (hessians[name], counts[name]) for name in hessians}
+    sums = HessianAccumulator()
+    run_with_input_hooks(model, batches, layer_names, sums, forward, token_mask, desc="calibration: hessians")
+    return {name: (sums.hessians[name], sums.counts[name]) for name in sums.hessians}
 
 
-def _upper_cholesky_of_inverse(h: torch.Tensor, damp: float) -> torch.Tensor:
+def _upper_cholesky_of_inverse(h: torch.Tensor, damp: float, report: dict | None = None) -> torch.Tensor:
     """U with H⁻¹ = UᵀU. Damping the diagonal keeps a rank-deficient H (few tokens) invertible."""
     eye = torch.eye(len(h), dtype=h.dtype, device=h.device)
     mean_diag = float(h.diagonal().mean())
     for attempt in range(DAMP_RETRIES + 1):
         try:
             lower = torch.linalg.cholesky(h + eye * (damp * 10**attempt * mean_diag))
+            if report is not None:
+                report["damp"] = damp * 10**attempt  # what it took: more than asked when H was near singular
             return torch.linalg.cholesky(torch.cholesky_inverse(lower), upper=True)
         except torch.linalg.LinAlgError:
             continue
@@ -57,9 +45,11 @@ def _upper_cholesky_of_inverse(h: torch.Tensor, damp: float) -> torch.Tensor:
 
 @torch.no_grad()
 def gptq_quantize(
-    weight: torch.Tensor, hessian: torch.Tensor, fmt: WeightFormat, block_size: int = 128, damp: float = 0.01
+    weight: torch.Tensor, hessian: torch.Tensor, fmt: WeightFormat, block_size: int = 128, damp: float = 0.01,
+    report: dict | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """(rounded weight, float32 [out, in] on ``fmt``'s grid; the scales to store it with ``fmt.quantize``).
+    ``report``, when given, receives the damping actually used (``damp``).
 
     Columns keep their order (no act-order), so each scale group stays a contiguous run of columns.
     """
@@ -72,7 +62,7 @@ def gptq_quantize(
     dead = h.diagonal() == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
-    u = _upper_cholesky_of_inverse(h, damp)
+    u = _upper_cholesky_of_inverse(h, damp, report)
 
     shared = fmt.shared_scales(weight.detach().float())
     group = fmt.group_size or columns

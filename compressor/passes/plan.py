@@ -19,6 +19,8 @@ class LayerRecord:
     error_unsmoothed: float = 0.0
     error: float = 0.0
     rounding: str = "rtn"
+    gptq_damp: float | None = None  # set when GPTQ had to raise the recipe's damping
+    rotation: int = 0  # block size of the input's Hadamard rotation (0: none)
     sensitivity: dict | None = None  # scheme → model output error with only this layer in that scheme
     fallback_gain: float | None = None
     in_budget: bool = True  # False for layers an adapter keeps in float by default (DiT conditioning)

@@ -12,19 +12,72 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from calibrators.collect import run_with_input_hooks
-from compressor.numerics.formats import SCHEMES, make_weight_format, scheme_bits
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from calibrators.observers import make_observer
+from compressor.numerics.formats import ACTIVATION_BLOCK, SCHEMES, make_weight_format, scheme_bits
+from compressor.numerics.hadamard import hadamard_rotate, rotatable, rotate_hessian, rotated_amax_bound
 from compressor.passes.awq import search_awq_scales
-from compressor.int8_linear import Int8Linear
+from compressor.passes.base import PASSES, Pass, PassConfig
 from compressor.passes.plan import LayerRecord, QuantizationPlan, matches, pinned_scheme, set_module
 from compressor.passes.precision_search import Option, average_bits, check_budget, choose_schemes, measure_sensitivity
 from compressor.passes.smoothquant import SmoothingChoice
-from compressor.passes.w8a8 import TokenSampler, make_range_observer, search_w8a8_smoothing
 from compressor.quant_linear import QuantLinear
-from compressor.recipe import Recipe
+
+OBSERVER_NAMES = ("entropy", "max", "mse", "percentile")
 
 
-def layer_options(names: list[str], recipe: Recipe, keep_float: tuple[str, ...] = ()) -> dict[str, list[str]]:
+class QuantizeConfig(PassConfig):
+    """``scheme`` is what every layer becomes (see ``compressor.numerics.formats.SCHEMES``: ``int8`` is
+    W8A8, ``nvfp4`` W4A4, ``w4a16-nvfp4`` weight-only, ...). ``formats`` pins schemes per module with
+    wildcard name patterns (first match wins); ``exclude`` keeps modules in float. With ``candidates``
+    and ``max_bits``, each layer's scheme is searched instead: every candidate's effect on the model
+    output is measured layer by layer, and the plan with the least total error whose effective bits
+    per weight stay within ``max_bits`` is chosen. Static input scales come from calibration with
+    ``observer``. ``rounding`` is round-to-nearest (``rtn``) or the error-compensating ``gptq``.
+    ``rotation: hadamard`` rotates the input dimension of every W4A4 layer (NVFP4/MXFP4 inputs) in
+    blocks of the format's block size: the weight offline, the input at run time before its
+    quantization."""
+
+    scheme: str = "int8"
+    formats: dict[str, str] = Field(default_factory=dict)
+    candidates: list[str] = Field(default_factory=list)
+    max_bits: float = Field(0.0, ge=0)  # 0: no budget (needed only with candidates)
+    rounding: Literal["rtn", "gptq"] = "rtn"
+    gptq_damp: float = Field(0.01, gt=0, lt=1)
+    rotation: Literal["none", "hadamard"] = "none"
+    group_size: int = Field(128, ge=2, multiple_of=2)  # INT4 groups
+    symmetric: bool = True
+    observer: Literal[OBSERVER_NAMES] = "percentile"
+    percentile: float = Field(99.99, gt=0, le=100)
+    exclude: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _schemes_known(self):
+        known = ", ".join(SCHEMES)
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"scheme: unknown value {self.scheme!r}; choose one of: {known}")
+        for pattern, scheme in self.formats.items():
+            if scheme not in SCHEMES:
+                raise ValueError(f"formats: pattern {pattern!r} names unknown scheme {scheme!r}")
+        if not all(c in SCHEMES for c in self.candidates):
+            raise ValueError(f"candidates: expected schemes ({known}), got {self.candidates!r}")
+        if self.candidates and self.max_bits <= 0:
+            raise ValueError("max_bits: a per-layer search over candidates needs a budget > 0")
+        return self
+
+    def make_observer(self):
+        return make_observer(self.observer, **({"percentile": self.percentile} if self.observer == "percentile" else {}))
+
+    def observe_amax(self, x: torch.Tensor) -> float:
+        observer = self.make_observer()
+        observer.observe(x)
+        return float(observer.compute_amax())
+
+
+def layer_options(names: list[str], recipe: QuantizeConfig, keep_float: tuple[str, ...] = ()) -> dict[str, list[str]]:
     """Schemes each layer may take: float when excluded, a pinned one, float when the adapter keeps it
     so by default (and no pattern pins it), the search candidates, or the recipe's scheme."""
     options = {}
@@ -36,7 +89,7 @@ def layer_options(names: list[str], recipe: Recipe, keep_float: tuple[str, ...] 
     return options
 
 
-def kept_by_default(name: str, recipe: Recipe, keep_float: tuple[str, ...]) -> bool:
+def kept_by_default(name: str, recipe: QuantizeConfig, keep_float: tuple[str, ...]) -> bool:
     """Matched by the adapter's float patterns and by no recipe pattern."""
     return not matches(name, recipe.exclude) and not pinned_scheme(name, recipe.formats) and matches(name, keep_float)
 
@@ -50,58 +103,56 @@ def _layer_error(module: nn.Module, linear: nn.Linear, x: torch.Tensor) -> float
 class _Candidates:
     """Statistics from calibration and the (layer, scheme) modules built from them."""
 
-    def __init__(self, handle, batches: list[dict], recipe: Recipe, options: dict[str, list[str]]):
-        self.handle, self.recipe, self.options = handle, recipe, options
-        self.model = handle.model
+    def __init__(self, handle, calibration, recipe: QuantizeConfig, options: dict[str, list[str]], migrations: dict):
+        self.handle, self.recipe, self.options, self.migrations = handle, recipe, options, migrations
+        self.model, self.calibration = handle.model, calibration
         self.linears = {n: self.model.get_submodule(n) for n in options}
-        hooks = dict(forward=handle.adapter.forward, token_mask=handle.adapter.token_mask)
         quantized = [n for n in options if any(SCHEMES[s].weight for s in options[n])]
-        self.sampler = TokenSampler(recipe.search_tokens, recipe.seed)
-        run_with_input_hooks(self.model, batches, quantized, self.sampler, desc="calibration: inputs", **hooks)
-        self.smoothing = {(n, s): self._smoothing(n, s) for n in quantized for s in options[n] if SCHEMES[s].weight}
-        self.hessians = {}
-        gptq_layers = [n for n in quantized if any(self._uses_gptq(s) for s in options[n])]
+        gptq_layers = {n for n in quantized if any(self._uses_gptq(s) for s in options[n])}
+        calibration.require(quantized)  # one run over the batches for every layer's input sample
         if gptq_layers:
-            from compressor.passes.gptq import collect_hessians
-
-            self.hessians = {n: h for n, (h, _) in collect_hessians(self.model, batches, gptq_layers, **hooks).items()}
-        self.static_amax = self._static_ranges(batches, hooks)
+            calibration.require(sorted(gptq_layers, key=quantized.index), samples=False, hessians=True)
+        self.smoothing = {(n, s): self._smoothing(n, s) for n in quantized for s in options[n] if SCHEMES[s].weight}
+        self.hessians = {n: calibration.hessian(n) for n in gptq_layers}
+        self.static_amax = self._static_ranges()
 
     def _uses_gptq(self, scheme: str) -> bool:
         return self.recipe.rounding == "gptq" and SCHEMES[scheme].weight is not None and scheme != "int8"
 
     def _smoothing(self, name: str, scheme: str) -> SmoothingChoice | None:
         weight = self.linears[name].weight
+        sample = self.calibration.samples(name)
         if scheme == "int8":
-            if not self.recipe.smoothquant:
+            smoothquant = self.migrations.get("int8")
+            if smoothquant is None:
                 return None
-            return search_w8a8_smoothing(self.recipe, self.sampler.sample(name), weight, self.sampler.amax[name])
-        if self.recipe.awq:
-            fmt = make_weight_format(SCHEMES[scheme].weight, self.recipe.group_size, self.recipe.symmetric)
-            return search_awq_scales(self.sampler.sample(name), weight, fmt)
-        return None
+            return smoothquant.search(sample, weight, self.calibration.channel_amax(name), self.recipe.observe_amax)
+        awq = self.migrations.get("weight")
+        if awq is None:
+            return None
+        return awq.search(sample, weight, make_weight_format(SCHEMES[scheme].weight, self.recipe.group_size, self.recipe.symmetric))
 
     def smooth(self, name: str, scheme: str) -> torch.Tensor | None:
         choice = self.smoothing.get((name, scheme))
         return None if choice is None else choice.smooth
 
-    def _static_ranges(self, batches, hooks) -> dict:
+    def _static_ranges(self) -> dict:
         """The recipe observer's range of each (smoothed) input that a static scale quantizes."""
         keys = [(n, s) for n in self.options for s in self.options[n] if SCHEMES[s].activation in ("int8", "fp8")]
-        if not keys:
-            return {}
-        observers = {key: make_range_observer(self.recipe) for key in keys}
-        by_layer: dict[str, list] = {}
-        for key in keys:
-            by_layer.setdefault(key[0], []).append(key)
 
-        def observe(name: str, x: torch.Tensor) -> None:
-            for key in by_layer[name]:
-                smooth = self.smooth(*key)
-                observers[key].observe(x if smooth is None else x * smooth)
+        def smoothed(key, x: torch.Tensor) -> torch.Tensor:
+            smooth = self.smooth(*key)
+            return x if smooth is None else x * smooth
 
-        run_with_input_hooks(self.model, batches, list(by_layer), observe, desc="calibration: ranges", **hooks)
-        return {key: float(obs.compute_amax()) for key, obs in observers.items()}
+        return self.calibration.observe({key: key[0] for key in keys}, self.recipe.make_observer, smoothed)
+
+    def _rotation(self, in_features: int, scheme: str) -> int:
+        """The Hadamard block size of a W4A4 layer when the recipe rotates (its input format's block);
+        0 for other schemes and for layers whose in_features the block does not divide."""
+        block = ACTIVATION_BLOCK.get(SCHEMES[scheme].activation)
+        if self.recipe.rotation != "hadamard" or block is None or not rotatable(in_features, block):
+            return 0
+        return block
 
     def build(self, name: str, scheme: str) -> tuple[nn.Module, LayerRecord]:
         linear, recipe = self.linears[name], self.recipe
@@ -119,61 +170,81 @@ class _Candidates:
         if smooth is not None:
             record.smoothing = "smoothquant" if scheme == "int8" else "awq"
             record.smoothing_alpha, record.error_unsmoothed = choice.alpha, choice.error_unsmoothed
+        record.rotation = rotation = self._rotation(linear.in_features, scheme)
+        if self.recipe.rotation == "hadamard" and spec.activation in ACTIVATION_BLOCK and not rotation:
+            record.note = f"not rotated: in_features {linear.in_features} is not a multiple of {ACTIVATION_BLOCK[spec.activation]}"
         if spec.activation in ("int8", "fp8"):
             record.input_amax = self.static_amax[(name, scheme)]
         elif spec.activation == "nvfp4":  # block scales are dynamic; the tensor scale only sets their range
-            amax = self.sampler.amax[name] * (1.0 if smooth is None else smooth)
-            record.input_amax = float(amax.max())
-        if scheme == "int8":
-            module = Int8Linear.from_linear(linear, record.input_amax, smooth)
-        else:
-            rounded = scales = None
-            if self._uses_gptq(scheme):
-                from compressor.passes.gptq import gptq_quantize
+            amax = self.calibration.channel_amax(name) * (1.0 if smooth is None else smooth)
+            # Rotated: a bound no calibration token's rotated input exceeds, whatever its signs.
+            record.input_amax = float(rotated_amax_bound(amax, rotation) if rotation else amax.max())
+        rounded = scales = None
+        if self._uses_gptq(scheme):
+            from compressor.passes.gptq import gptq_quantize
 
-                fmt = make_weight_format(spec.weight, recipe.group_size, recipe.symmetric)
-                weight, hessian = linear.weight.detach().float(), self.hessians[name]
-                if smooth is not None:  # the layer sees x * smooth and holds W / smooth
-                    weight, hessian = weight / smooth, hessian * torch.outer(smooth, smooth).to(hessian.dtype)
-                rounded, scales = gptq_quantize(weight, hessian, fmt, damp=recipe.gptq_damp)
-                record.rounding = "gptq"
-            module = QuantLinear.from_linear(
-                linear, scheme, record.input_amax or None, smooth, rounded, scales, recipe.group_size, recipe.symmetric
-            )
-        record.error = _layer_error(module, linear, self.sampler.sample(name))
+            fmt = make_weight_format(spec.weight, recipe.group_size, recipe.symmetric)
+            weight, hessian = linear.weight.detach().float(), self.hessians[name]
+            if smooth is not None:  # the layer sees x * smooth and holds W / smooth
+                weight, hessian = weight / smooth, hessian * torch.outer(smooth, smooth).to(hessian.dtype)
+            if rotation:  # ... and (W / smooth) R, seeing x * smooth R: the Hessian becomes Rᵀ H R
+                weight, hessian = hadamard_rotate(weight, rotation), rotate_hessian(hessian, rotation)
+            report: dict = {}
+            rounded, scales = gptq_quantize(weight, hessian, fmt, damp=recipe.gptq_damp, report=report)
+            record.rounding = "gptq"
+            if report["damp"] > recipe.gptq_damp:
+                record.gptq_damp = report["damp"]
+                record.note = (record.note + "; " if record.note else "") + \
+                    f"GPTQ damping raised to {report['damp']:g} (the Hessian was near singular)"
+        module = QuantLinear.from_linear(
+            linear, scheme, record.input_amax or None, smooth, rounded, scales, recipe.group_size, recipe.symmetric,
+            rotation=rotation,
+        )
+        record.error = _layer_error(module, linear, self.calibration.samples(name))
         return module, record
 
 
-def quantize_layers(
-    handle, calib_batches: list[dict], recipe: Recipe, sensitivity_batches=None, references=None
-) -> QuantizationPlan:
-    """Swap the eligible Linear layers for their quantized versions in place; returns the plan."""
-    model = handle.model
-    options = layer_options(handle.adapter.quantizable_layers(model), recipe, handle.adapter.keep_float)
-    # Layers the adapter keeps in float by default are outside the bit budget (reported apart).
-    budgeted = [n for n in options if not kept_by_default(n, recipe, handle.adapter.keep_float)]
-    if any(len(o) > 1 for o in options.values()):  # fail before the slow part
-        check_budget({n: [_bits(model, n, s, recipe) for s in options[n]] for n in budgeted},
-                     {n: model.get_submodule(n).weight.numel() for n in budgeted}, recipe.max_bits)
-    candidates = _Candidates(handle, calib_batches, recipe, options)
-    built = {
-        n: {s: candidates.build(n, s) for s in options[n]}
-        for n in tqdm(options, desc="quantizing", unit="layer", leave=False)
-    }
-    plan = QuantizationPlan()
-    chosen = {n: options[n][0] for n in options}
-    if any(len(o) > 1 for o in options.values()):
-        searched, plan.search = _search(handle, {n: built[n] for n in budgeted}, recipe, sensitivity_batches, references)
-        chosen.update(searched)
-    for name, scheme in chosen.items():
-        module, record = built[name][scheme]
-        record.in_budget = name in budgeted
-        set_module(model, name, module)
-        plan.layers.append(record)
-    return plan
+@PASSES.register("quantize")
+class QuantizePass(Pass):
+    """Swap the eligible Linear layers for their quantized versions: one scheme, pinned schemes, or
+    the schemes a per-layer sensitivity search picks under a bit budget."""
+
+    Config = QuantizeConfig
+    stage = "quantize"
+    requires = ("samples", "ranges", "hessians")
+
+    def apply(self, context) -> dict:
+        handle, recipe = context.handle, self.config
+        model, adapter = handle.model, handle.adapter
+        options = layer_options(adapter.quantizable_layers(model), recipe, adapter.keep_float)
+        # Layers the adapter keeps in float by default are outside the bit budget (reported apart).
+        budgeted = [n for n in options if not kept_by_default(n, recipe, adapter.keep_float)]
+        if any(len(o) > 1 for o in options.values()):  # fail before the slow part
+            check_budget({n: [_bits(model, n, s, recipe) for s in options[n]] for n in budgeted},
+                         {n: model.get_submodule(n).weight.numel() for n in budgeted}, recipe.max_bits)
+        context.shared["originals"] = {n: model.get_submodule(n) for n in options}
+        candidates = _Candidates(handle, context.calibration, recipe, options, context.shared.get("migrations", {}))
+        built = {
+            n: {s: candidates.build(n, s) for s in options[n]}
+            for n in tqdm(options, desc="quantizing", unit="layer", leave=False)
+        }
+        plan = QuantizationPlan()
+        chosen = {n: options[n][0] for n in options}
+        if any(len(o) > 1 for o in options.values()):
+            searched, plan.search = _search(handle, {n: built[n] for n in budgeted}, recipe,
+                                            context.sensitivity_batches, context.references)
+            chosen.update(searched)
+        for name, scheme in chosen.items():
+            module, record = built[name][scheme]
+            record.in_budget = name in budgeted
+            if module is not context.shared["originals"][name]:
+                context.replace_module(name, module)
+            plan.layers.append(record)
+        context.shared["plan"] = plan
+        return {"layers": len(plan.layers), "search": plan.search}
 
 
-def _bits(model, name: str, scheme: str, recipe: Recipe) -> float:
+def _bits(model, name: str, scheme: str, recipe: QuantizeConfig) -> float:
     in_features = model.get_submodule(name).in_features
     return scheme_bits(SCHEMES[scheme], in_features, recipe.group_size, recipe.symmetric)
 

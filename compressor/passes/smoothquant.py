@@ -8,10 +8,13 @@ smoothing", so the search can only lower the measured output error.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
+from pydantic import Field
 
 from compressor.numerics.int8 import fake_quantize_int8, int8_scale, quantize_weight_int8_per_channel
+from compressor.passes.base import PASSES, Pass, PassConfig
 
 
 @dataclass(frozen=True)
@@ -56,3 +59,31 @@ def search_smoothing(
         if error < best.error:
             best = SmoothingChoice(alpha, smooth, error, base)
     return best
+
+
+# --- the pass -----------------------------------------------------------------------------------
+
+
+
+class SmoothQuantConfig(PassConfig):
+    alphas: list[Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+
+
+@PASSES.register("smoothquant")
+class SmoothQuantPass(Pass):
+    """Searches, per W8A8 INT8 layer, the migration strength that minimises the layer's W8A8 output
+    error. The best factor depends on the scheme a layer ends up in, which a per-layer search only
+    knows later, so this pass hands its search to the quantize pass, which folds the chosen factor
+    into the weight (W·s) and one input multiplier (1/s)."""
+
+    Config = SmoothQuantConfig
+    stage = "migrate"
+    requires = ("samples",)
+    before = ("quantize",)
+
+    def search(self, sample: torch.Tensor, weight: torch.Tensor, channel_amax: torch.Tensor, observe_amax) -> SmoothingChoice:
+        return search_smoothing(sample, weight, channel_amax, observe_amax, self.config.alphas)
+
+    def apply(self, context) -> dict:
+        context.shared.setdefault("migrations", {})["int8"] = self
+        return {"applies_to": "W8A8 INT8 layers", "alphas": self.config.alphas}

@@ -2,7 +2,7 @@
 commit 6f3a991 wrote it (run from a checkout of that commit: python make_checkpoint_v2.py OUT_DIR).
 It mixes every layer scheme of that version, INT8 embeddings and a float layer, and stores the
 reloaded model's output on two sentences beside it, so newer code can prove it still loads it."""
-import sys, json, shutil
+import sys, json, shutil, tempfile
 from pathlib import Path
 import torch
 from transformers import BertConfig, BertModel, BertTokenizerFast

@@ -1,0 +1,175 @@
+"""Class-conditional Diffusion Transformers: every model samples the same images (same seed, scheduler,
+steps and guidance) in PyTorch with each format's exact numerics; the samples are scored against the
+original's (PSNR, SSIM) and, given a judge, by class accuracy and the Fréchet distance of judge features to
+real images.
+
+A judge is a TorchScript file (torch.jit.save) of a module mapping images in [-1, 1], shape (N, C, H, W), to
+(logits (N, classes), features (N, D)); examples/mnist_judge.py writes one. Real images come from IDX data
+(calibrators/images.py): the last REFERENCE_IMAGES images of it, the part a model is not trained on."""
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from compressor.diffusion.quality import frechet_distance, judge_scores, psnr, save_sample_grid, ssim
+from compressor.diffusion.sampling import sample
+from compressor.errors import CompressorError
+from compressor.evaluation.base import Candidate, Column, CompareOptions, TaskEvaluator
+
+REFERENCE_IMAGES = 1000
+
+
+@dataclass
+class SamplingSetup:
+    samples: int = 1000
+    steps: int = 25
+    guidance: float = 1.5
+    seed: int = 0
+    chunk: int = 250  # images per sampling batch; each chunk has its own seed, identical for every model
+
+    def validate(self) -> SamplingSetup:
+        for name in ("samples", "steps", "chunk"):
+            if getattr(self, name) < 1:
+                raise CompressorError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.guidance < 1:
+            raise CompressorError(f"guidance must be >= 1, got {self.guidance}")
+        return self
+
+
+def _classes(handle) -> int:
+    classes = handle.adapter.num_classes(handle.model)
+    if classes is None:
+        raise CompressorError("image-quality comparison needs a class-conditional model (DiT with class labels)")
+    return classes
+
+
+def generate(handle, labels: torch.Tensor, setup: SamplingSetup, desc: str = "sampling") -> torch.Tensor:
+    """Class-conditional samples from ``handle``'s PyTorch model (each format's exact numerics)."""
+    adapter, model = handle.adapter, handle.model
+    _classes(handle)
+    out = []
+    for index, start in enumerate(tqdm(range(0, len(labels), setup.chunk), desc=desc, unit="chunk", leave=False)):
+        chunk = labels[start : start + setup.chunk]
+        out.append(sample(adapter.denoiser(model), adapter.scheduler(), chunk, shape=adapter.latent_shape(model),
+                          steps=setup.steps, guidance=setup.guidance, seed=setup.seed + index,
+                          null_conditioning=adapter.null_conditioning(model, chunk)))
+    return torch.cat(out)
+
+
+def load_judge(path: str | Path) -> torch.jit.ScriptModule:
+    """A TorchScript judge: images in [-1, 1] → (logits, features)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CompressorError(f"judge classifier not found: {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # newer torch prefers torch.export; this still works
+            judge = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:  # torch raises RuntimeError or ValueError, depending on what is wrong
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CompressorError(f"{path} is not a TorchScript judge (torch.jit.save of a module returning "
+                              f"(logits, features)): {reason}") from None
+    return judge.eval()
+
+
+def images_from(path: str | Path) -> torch.Tensor:
+    """Real images to measure the Fréchet distance against: the last REFERENCE_IMAGES of IDX image data."""
+    from calibrators.images import load_idx_images
+
+    try:
+        return load_idx_images(path, last=REFERENCE_IMAGES)[0]
+    except CompressorError as exc:
+        raise CompressorError(f"--eval-data for a diffusion model must be IDX images (a directory holding "
+                              f"*images-idx3-ubyte*, as MNIST ships): {exc}") from None
+
+
+class GeneratedImages(TaskEvaluator):
+    kind = "diffusion"
+    figures = ("samples.png",)
+    latency_key = "latency_ms_per_step"
+    latency_header = "ms/step"
+
+    def __init__(self, setup: SamplingSetup, judge_path: str | Path | None = None,
+                 real_images: torch.Tensor | None = None, latency_batch: int = 16):
+        self.setup = setup.validate()
+        self.judge_path = judge_path
+        self.judge = load_judge(judge_path) if judge_path is not None else None
+        self.real_count = len(real_images) if real_images is not None else 0
+        self.real_features = None
+        if self.judge is not None and real_images is not None:
+            self.real_features = judge_scores(self.judge, real_images)["features"]
+        self.latency_batch = latency_batch
+        self.images: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def from_options(cls, options: CompareOptions) -> GeneratedImages:
+        setup = SamplingSetup(options.samples, options.steps, options.guidance, options.seed).validate()
+        real = images_from(options.eval_data) if options.eval_data is not None else None
+        return cls(setup, options.judge, real, options.batch)
+
+    def evaluate(self, model: Candidate) -> dict:
+        labels = torch.arange(self.setup.samples) % _classes(model.handle)
+        images = self.images[model.name] = generate(model.handle, labels, self.setup, desc=f"sampling {model.name}")
+        metrics = {}
+        if not model.is_original:
+            metrics["psnr_db"] = psnr(self.images["original"], images)
+            metrics["ssim"] = ssim(self.images["original"], images)
+        if self.judge is not None:
+            scores = judge_scores(self.judge, images, labels)
+            metrics["judge_accuracy"] = scores["accuracy"]
+            if self.real_features is not None:
+                metrics["frechet_distance"] = frechet_distance(scores["features"], self.real_features)
+        return metrics
+
+    def latency_feeds(self, model: Candidate) -> dict:
+        inputs = model.handle.adapter.dummy_inputs(model.handle, batch=self.latency_batch)
+        return {name: value.numpy() for name, value in inputs.items()}
+
+    def latency_setup(self) -> dict:
+        return {"batch": self.latency_batch,
+                "statistic": "median per denoiser call after 3 warm-up runs, models interleaved"}
+
+    def describe(self) -> dict:
+        return {"sampling": {**asdict(self.setup), "scheduler": "DDIM", "labels": "classes in turn"},
+                "judge": str(self.judge_path) if self.judge_path is not None else None,
+                "real_images": self.real_count}
+
+    @classmethod
+    def columns(cls, report: dict) -> list[Column]:
+        columns = [Column("PSNR dB", "psnr_db", lambda v: f"{v:.2f}"), Column("SSIM", "ssim", lambda v: f"{v:.4f}")]
+        if report["judge"] is not None:
+            columns.append(Column("judge acc %", "judge_accuracy", lambda v: f"{100 * v:.1f}"))
+            if report["real_images"] > 0:
+                columns.append(Column("Fréchet", "frechet_distance", lambda v: f"{v:.3f}"))
+        return columns
+
+    @classmethod
+    def notes(cls, report: dict) -> list[str]:
+        s = report["sampling"]
+        notes = [f"Samples: {s['samples']} per model, classes in turn, seed {s['seed']}, DDIM {s['steps']} steps, "
+                 f"guidance {s['guidance']:g}, in PyTorch with each format's exact numerics. PSNR and SSIM compare "
+                 "each model's samples with the original's from the same noise."]
+        if report["judge"] is not None:
+            notes.append(f"Judge `{report['judge']}`: class accuracy of the samples"
+                         + (f"; Fréchet distance between judge features of the samples and {report['real_images']} "
+                            "real held-out images." if report["real_images"] > 0 else "."))
+        return notes
+
+    def write_figures(self, report: dict, out: Path) -> None:
+        # one column per class: the first images are classes 0..9 in turn
+        save_sample_grid(self.images, out / "samples.png", columns=min(10, self.setup.samples))
+
+
+def compare_diffusion(model_dir, compressed_dirs: list, report_dir, setup: SamplingSetup, judge_path=None,
+                      real_images: torch.Tensor | None = None, latency_batch: int = 16, threads: int = 2,
+                      repeats: int = 15, overwrite: bool = False) -> dict:
+    """`compressor compare` for a DiT with a given sampling setup and real images already loaded."""
+    from compressor.compare import compare
+
+    evaluator = GeneratedImages(setup, judge_path, real_images, latency_batch)
+    return compare(model_dir, compressed_dirs, None, report_dir, threads=threads, repeats=repeats,
+                   overwrite=overwrite, evaluator=evaluator)
