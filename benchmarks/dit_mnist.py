@@ -29,7 +29,7 @@ from compressor.cli import plan_table  # noqa: E402
 from compressor.compare import markdown_table  # noqa: E402
 from compressor.evaluation.generated_images import SamplingSetup, compare_diffusion, images_from  # noqa: E402
 from compressor.pipeline import compress  # noqa: E402
-from compressor.recipe import Recipe, load_recipe  # noqa: E402
+from compressor.recipe import FLAT_PRESETS, flat_recipe, load_recipe  # noqa: E402
 
 PRESETS = ["int8", "fp8", "w4a8", "fp4-int8", "nvfp4-int8"]
 # settings that are not presets: name -> (base preset, overrides)
@@ -75,7 +75,7 @@ def main() -> None:
         dirs = []
         for preset in args.presets:
             base, overrides = VARIANTS.get(preset, (preset, {}))
-            recipe = Recipe.from_dict(overrides, base=load_recipe(base))
+            recipe = flat_recipe({**FLAT_PRESETS[base], "name": base, **overrides}) if overrides else load_recipe(base)
             started = time.perf_counter()
             handle = compress(args.model, recipe, None, Path(scratch) / preset)
             print(plan_table(handle.info), flush=True)

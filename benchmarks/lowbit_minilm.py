@@ -32,7 +32,7 @@ from compressor.evaluation.metrics import sts_spearman  # noqa: E402
 from compressor.model import default_model_dir, load_model  # noqa: E402
 from compressor.pipeline import compress_model  # noqa: E402
 from compressor.quant_linear import QuantLinear  # noqa: E402
-from compressor.recipe import Recipe, load_recipe  # noqa: E402
+from compressor.recipe import FLAT_PRESETS, flat_recipe, load_recipe  # noqa: E402
 from exporters.checkpoint import checkpoint_bytes, save_compressed  # noqa: E402
 
 # (label, preset, overrides)
@@ -87,7 +87,7 @@ def main() -> None:
         scratch = Path(scratch)
         saved = {}
         for label, preset, overrides in SETTINGS:
-            recipe = Recipe.from_dict(overrides, base=load_recipe(preset))
+            recipe = flat_recipe({**FLAT_PRESETS[preset], "name": preset, **overrides}) if overrides else load_recipe(preset)
             handle = load_model(default_model_dir())
             record = compress_model(handle, calib, recipe)
             row = {
@@ -109,7 +109,7 @@ def main() -> None:
                 row["plan"] = {r["name"]: r["format"] for r in record["layers"]}
             if not overrides or set(overrides) <= {"name", "embeddings"}:  # presets: keep a checkpoint
                 record.update(source=str(default_model_dir()), calibration={"data": args.stsb, "samples": len(calib),
-                                                                           "max_length": recipe.max_length})
+                                                                           "max_length": recipe.calibration.max_length})
                 path = save_compressed(handle, scratch / recipe.name, record)
                 row["checkpoint_bytes"] = checkpoint_bytes(path)
                 row["checkpoint_ratio"] = row["checkpoint_bytes"] / checkpoint_bytes(default_model_dir())
@@ -126,7 +126,7 @@ def main() -> None:
                     handle = load_model(default_model_dir())
                     rec = compress_model(handle, calib, recipe)
                     rec.update(source=str(default_model_dir()),
-                               calibration={"data": args.stsb, "samples": len(calib), "max_length": recipe.max_length})
+                               calibration={"data": args.stsb, "samples": len(calib), "max_length": recipe.calibration.max_length})
                     saved[name] = save_compressed(handle, scratch / name, rec)
                 paths.append(saved[name])
             report = compare(default_model_dir(), paths, args.stsb, args.report, repeats=args.repeats, overwrite=True)

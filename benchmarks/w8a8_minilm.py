@@ -32,7 +32,7 @@ from compressor.evaluation.metrics import sts_spearman  # noqa: E402
 from compressor.evaluation.onnx_runner import latency_feeds, median_latencies, onnx_embed  # noqa: E402
 from compressor.model import default_model_dir, load_model  # noqa: E402
 from compressor.pipeline import compress_model  # noqa: E402
-from compressor.recipe import Recipe  # noqa: E402
+from compressor.recipe import flat_recipe  # noqa: E402
 from exporters.onnx_export import export_onnx, onnx_session  # noqa: E402
 
 ABLATIONS = {
@@ -88,7 +88,7 @@ def main() -> None:
         rows = []
         for name, overrides in ABLATIONS.items():
             handle = load_model(default_model_dir())
-            record = compress_model(handle, calib, Recipe.from_dict(overrides))
+            record = compress_model(handle, calib, flat_recipe(overrides))
             row = {
                 "recipe": name,
                 "float_layers": [layer["name"] for layer in record["layers"] if layer["format"] != "int8"],
