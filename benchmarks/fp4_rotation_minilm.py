@@ -11,6 +11,7 @@ benchmarks/results/fp4_rotation_minilm.json and prints a table.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
@@ -25,24 +26,31 @@ from calibrators.data import sample_sentences  # noqa: E402
 from compressor.evaluation.metrics import sts_spearman  # noqa: E402
 from compressor.model import default_model_dir, load_model  # noqa: E402
 from compressor.pipeline import compress_model  # noqa: E402
-from compressor.recipe import Recipe, load_recipe  # noqa: E402
+from compressor.recipe import PRESETS, Recipe, load_recipe  # noqa: E402
 
-# (label, preset, overrides): every setting names rotation and rounding explicitly.
+# (label, preset, overrides of its quantize pass): every setting names rotation and rounding explicitly.
 SETTINGS = [
     (f"{fmt.upper()} W4A4, {rounding}, {'Hadamard rotation' if rotation == 'hadamard' else 'no rotation'}",
      fmt, {"rounding": rounding, "rotation": rotation})
     for fmt in ("nvfp4", "mxfp4") for rotation in ("none", "hadamard") for rounding in ("rtn", "gptq")
 ]
-COMPARED_FIELDS = ("scheme", "rounding", "rotation", "awq", "gptq_damp")
 
 
 def spearman(handle, pairs) -> float:
     return sts_spearman(handle.embed(pairs.first).numpy(), handle.embed(pairs.second).numpy(), pairs.scores)
 
 
+def setting_recipe(preset: str, overrides: dict) -> Recipe:
+    """The preset's pass list with ``overrides`` applied to its quantize pass."""
+    passes = copy.deepcopy(PRESETS[preset])
+    for entry in passes:
+        if isinstance(entry, dict) and "quantize" in entry:
+            entry["quantize"] = {**entry["quantize"], **overrides}
+    return Recipe.from_dict({"name": preset, "passes": passes}, where=f"setting {preset} {overrides}")
+
+
 def is_preset(recipe: Recipe, preset: str) -> bool:
-    current = load_recipe(preset)
-    return all(getattr(recipe, f) == getattr(current, f) for f in COMPARED_FIELDS)
+    return recipe.to_dict()["passes"] == load_recipe(preset).to_dict()["passes"]
 
 
 def main() -> None:
@@ -66,7 +74,7 @@ def main() -> None:
     for label, preset, overrides in SETTINGS:
         if args.only and not any(s in label for s in args.only):
             continue
-        recipe = Recipe.from_dict(overrides, base=load_recipe(preset))
+        recipe = setting_recipe(preset, overrides)
         handle = load_model(default_model_dir())
         record = compress_model(handle, calib, recipe)
         row = {

@@ -28,3 +28,13 @@ def split_sts(path: str | Path = STS_DEV, seed: int = SPLIT_SEED) -> tuple[list[
     held_out = SentencePairs([pairs.first[i] for i in eval_rows], [pairs.second[i] for i in eval_rows],
                              [pairs.scores[i] for i in eval_rows])
     return calib, held_out
+
+
+def write_sts_tsv(pairs: SentencePairs, path: str | Path) -> Path:
+    """The pairs as an STS Benchmark file (genre, file, year, id, score, sentence 1, sentence 2), for
+    tools that read evaluation data from a file (``compressor compare --eval-data``)."""
+    path = Path(path)
+    rows = [f"held-out\tdev\t-\t{i}\t{score}\t{a}\t{b}" for i, (a, b, score) in
+            enumerate(zip(pairs.first, pairs.second, pairs.scores))]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path

@@ -2,7 +2,7 @@
 
     python benchmarks/lowbit_minilm.py [--stsb ../shared/data/stsb/sts-dev.csv] [--repeats 15]
 
-Measures, in one run (2 threads, 256 calibration sentences sampled from the dev set):
+Measures, in one run (2 threads; 256 calibration sentences from one half of STS-B dev, scores on the other half):
   * Spearman x100 in PyTorch of FP32 and of each low-bit setting, with round-to-nearest (rtn)
     against the error-compensating rounding (gptq) and the activation-aware scaling (awq);
   * the fp4-int8 search at --max-bits 5.0: accuracy, effective bits, the plan and the three
@@ -26,7 +26,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from calibrators.data import read_sentence_pairs, read_sentences, sample_sentences  # noqa: E402
+from benchmarks.heldout import split_sts, write_sts_tsv  # noqa: E402
+from calibrators.data import sample_sentences  # noqa: E402
 from compressor.compare import compare  # noqa: E402
 from compressor.evaluation.metrics import sts_spearman  # noqa: E402
 from compressor.model import default_model_dir, load_model  # noqa: E402
@@ -75,9 +76,10 @@ def main() -> None:
     parser.add_argument("--skip-compare", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    pairs = read_sentence_pairs(args.stsb)
-    calib = sample_sentences(read_sentences(args.stsb), args.calib_samples)
-    results: dict = {"model": "all-MiniLM-L6-v2", "eval": "STS-B dev (1500 pairs)", "calib_samples": len(calib)}
+    # calibrate on one half of dev, score on the other (benchmarks/heldout.py)
+    calib_pool, pairs = split_sts(args.stsb)
+    calib = sample_sentences(calib_pool, args.calib_samples)
+    results: dict = {"model": "all-MiniLM-L6-v2", "eval": f"STS-B dev, {len(pairs.scores)} held-out pairs (calibration on the other half)", "calib_samples": len(calib)}
     fp32 = load_model(default_model_dir())
     results["fp32_spearman"] = base = torch_spearman(fp32, pairs)
     print(f"FP32: {base:.3f}", flush=True)
@@ -129,7 +131,8 @@ def main() -> None:
                                calibration={"data": args.stsb, "samples": len(calib), "max_length": recipe.calibration.max_length})
                     saved[name] = save_compressed(handle, scratch / name, rec)
                 paths.append(saved[name])
-            report = compare(default_model_dir(), paths, args.stsb, args.report, repeats=args.repeats, overwrite=True)
+            held_out = write_sts_tsv(pairs, scratch / "held_out.tsv")
+            report = compare(default_model_dir(), paths, held_out, args.report, repeats=args.repeats, overwrite=True)
             results["compare"] = [
                 {k: row[k] for k in ("model", "recipe", "bits_per_weight", "spearman", "spearman_delta", "latency_ratio",
                                      "weights_bytes", "size_ratio", "onnxruntime_kernels")}

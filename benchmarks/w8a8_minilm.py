@@ -3,7 +3,7 @@
     python benchmarks/w8a8_minilm.py [--stsb ../shared/data/stsb/sts-dev.csv] [--repeats 30]
 
 Measures, in one run on this machine:
-  * Spearman x100 on STS-B dev of FP32, of W8A8 (PyTorch), and of the tensorrt- and
+  * Spearman x100 on the held-out half of STS-B dev (calibration on the other half, benchmarks/heldout.py) of FP32, of W8A8 (PyTorch), and of the tensorrt- and
     onnxruntime-target ONNX exports run in ONNX Runtime;
   * the same in PyTorch for ablations (forced fallback; no SmoothQuant; max calibration; MSE and
     entropy observers);
@@ -27,7 +27,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from calibrators.data import read_sentence_pairs, read_sentences, sample_sentences  # noqa: E402
+from benchmarks.heldout import split_sts, write_sts_tsv  # noqa: E402
+from calibrators.data import sample_sentences  # noqa: E402
 from compressor.evaluation.metrics import sts_spearman  # noqa: E402
 from compressor.evaluation.onnx_runner import latency_feeds, median_latencies, onnx_embed  # noqa: E402
 from compressor.model import default_model_dir, load_model  # noqa: E402
@@ -62,9 +63,10 @@ def main() -> None:
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "w8a8_minilm.json"))
     args = parser.parse_args()
     torch.set_num_threads(2)
-    pairs = read_sentence_pairs(args.stsb)
-    calib = sample_sentences(read_sentences(args.stsb), args.calib_samples)
-    results: dict = {"model": "all-MiniLM-L6-v2", "eval": "STS-B dev (1500 pairs)", "calib_samples": len(calib)}
+    # calibrate on one half of dev, score on the other (benchmarks/heldout.py)
+    calib_pool, pairs = split_sts(args.stsb)
+    calib = sample_sentences(calib_pool, args.calib_samples)
+    results: dict = {"model": "all-MiniLM-L6-v2", "eval": f"STS-B dev, {len(pairs.scores)} held-out pairs (calibration on the other half)", "calib_samples": len(calib)}
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)

@@ -138,9 +138,11 @@ PRESETS: dict[str, list] = {
     "int8-minmax": [{"quantize": {"scheme": "int8", "observer": "max"}}],
     # Uniform 4-bit choices: every eligible layer in the named format, none left in float.
     "nvfp4": [{"quantize": {"scheme": "nvfp4", "rounding": "gptq"}}],
-    # MXFP4 keeps round-to-nearest: its power-of-two scales clip a block's largest values by up
-    # to 25%, and GPTQ spreads those clipping errors onto the rest of the block (measured: worse).
-    "mxfp4": [{"quantize": {"scheme": "mxfp4"}}],
+    # MXFP4 rotates each 32-value block with a Hadamard matrix before rounding, then GPTQ. Unrotated,
+    # its power-of-two scales clip a block's largest values by up to 25% and GPTQ spreads those
+    # errors onto the rest of the block (measured: worse than round-to-nearest); rotated, GPTQ is
+    # the best setting (benchmarks/fp4_rotation_minilm.py). NVFP4 measured no gain from rotation.
+    "mxfp4": [{"quantize": {"scheme": "mxfp4", "rounding": "gptq", "rotation": "hadamard"}}],
     "w4a16-nvfp4": [{"quantize": {"scheme": "w4a16-nvfp4", "rounding": "gptq"}}],
     "int4-awq": [{"awq": {}}, {"quantize": {"scheme": "w4a16-int4"}}],
     "fp8": [{"quantize": {"scheme": "fp8", "observer": "max"}}],
@@ -173,7 +175,7 @@ FLAT_DEFAULTS = {
 FLAT_PRESETS = {
     "int8": {}, "int8-minmax": {"observer": "max", "smoothquant": False, "fallback_max_layers": 0},
     "nvfp4": {"scheme": "nvfp4", "rounding": "gptq", "fallback_max_layers": 0},
-    "mxfp4": {"scheme": "mxfp4", "fallback_max_layers": 0},
+    "mxfp4": {"scheme": "mxfp4", "rounding": "gptq", "rotation": "hadamard", "fallback_max_layers": 0},
     "w4a16-nvfp4": {"scheme": "w4a16-nvfp4", "rounding": "gptq", "fallback_max_layers": 0},
     "int4-awq": {"scheme": "w4a16-int4", "awq": True, "fallback_max_layers": 0},
     "fp8": {"scheme": "fp8", "observer": "max", "fallback_max_layers": 0},

@@ -96,11 +96,11 @@ class _RotateInput(torch.autograd.Function):
     """Placeholder for the block-wise Hadamard rotation of a layer's input, lowered after export."""
 
     @staticmethod
-    def forward(ctx, x, block: int, rank: int, layer: str):
-        return rotate_blocks(x, hadamard_matrix(block, x.dtype, x.device))
+    def forward(ctx, x, h, block: int, rank: int, layer: str):
+        return rotate_blocks(x, h)
 
     @staticmethod
-    def symbolic(g, x, block: int, rank: int, layer: str):
+    def symbolic(g, x, h, block: int, rank: int, layer: str):
         out = g.op(f"{DOMAIN}::RotateInput", x, block_i=block, rank_i=rank, layer_s=layer)
         out.setType(x.type())
         return out
@@ -156,7 +156,8 @@ def quant_linear_export_fn(target: str, key: str):
         if layer.input_smooth is not None:
             x = x * layer.input_smooth
         if layer.rotation:
-            x = _RotateInput.apply(x, layer.rotation, x.dim(), key)
+            h = hadamard_matrix(layer.rotation, x.dtype, x.device)  # only for the trace's numbers; lowered to an initializer
+            x = _RotateInput.apply(x, h, layer.rotation, x.dim(), key)
         activation = layer.scheme.activation
         if _integer_gemm(layer, target):
             return _IntegerMatMul.apply(x, layer.dequantized_weight(), layer.bias, layer.input_scale, key)

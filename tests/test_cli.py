@@ -274,7 +274,7 @@ def test_compress_overwrite_replaces_directory(capsys, minilm_dir, calib_file, t
     assert "stale.txt" not in names
     assert {"model.safetensors", "compression.json", "README.md", "config.json"} <= names
     record = json.loads((out / "compression.json").read_text())
-    assert record["recipe"]["name"] == "int8-minmax" and record["recipe"]["calib_samples"] == 8
+    assert record["recipe"]["name"] == "int8-minmax" and record["recipe"]["calibration"]["calib_samples"] == 8
     assert record["calibration"]["samples"] == 8
     assert record["fallback"] == []
     assert all(layer["smoothing_alpha"] is None for layer in record["layers"])
@@ -293,3 +293,10 @@ def test_plan_table_says_why_no_fallback():
     record["fallback"] = ["l"]
     record["output_error"]["output_error_final"] = 0.02
     assert "with 1 layer(s) in float" in plan_table(record)
+
+
+def test_num_samples_zero_is_an_error(tmp_path, capsys):
+    code = main(["compress", "default", "--num-samples", "0", "--output", str(tmp_path / "out")])
+    assert code == 2
+    assert_one_line_error(capsys, "--num-samples must be at least 1, got 0")
+    assert not (tmp_path / "out").exists()

@@ -23,7 +23,7 @@ from compressor.numerics.mxfp4 import fake_quantize_mxfp4
 from compressor.numerics.nvfp4 import fake_quantize_nvfp4
 from compressor.passes.gptq import gptq_quantize
 from compressor.quant_linear import QuantLinear
-from compressor.recipe import Recipe, load_recipe
+from compressor.recipe import Recipe, flat_recipe, load_recipe
 
 SIZES = (1, 2, 4, 8, 16, 32, 64)
 
@@ -156,18 +156,20 @@ def test_rotated_layer_computes_rotated_quantized_product(scheme, block):
         assert torch.allclose(layer(x), nn.functional.linear(xq, layer.dequantized_weight(), linear.bias), atol=1e-5)
 
 
-@pytest.mark.parametrize("scheme,block", [("nvfp4", 16), ("mxfp4", 32)])
-def test_rotation_reduces_the_error_of_outlier_inputs(scheme, block):
-    linear, x = linear_layer(), outlier_inputs()
+def test_rotation_reduces_the_mxfp4_error_of_outlier_inputs():
+    """MXFP4's power-of-two block scale is set by the outlier and flushes the rest of its block to zero;
+    rotated, the outlier's energy is spread over the block. Measured on the input alone (rotated back,
+    R orthogonal), and on a layer's output. (NVFP4's E4M3 block scales over 16 values do not gain on
+    such inputs; on MiniLM its layers lose slightly.)"""
+    x = outlier_inputs()
+    unrotated = float((fake_quantize_mxfp4(x) - x).norm())
+    rotated = float((hadamard_rotate(fake_quantize_mxfp4(hadamard_rotate(x, 32)), 32) - x).norm())
+    assert rotated < 0.75 * unrotated
+    linear = linear_layer()
     with torch.no_grad():
         reference = linear(x)
-
-        def error(rotation):
-            amax = rotated_amax_bound(x.abs().amax(0), rotation) if rotation else x.abs().max()
-            layer = QuantLinear.from_linear(linear, scheme, input_amax=float(amax), rotation=rotation)
-            return float((layer(x) - reference).norm() / reference.norm())
-
-        assert error(block) < 0.8 * error(0)
+        errors = [float((QuantLinear.from_linear(linear, "mxfp4", rotation=r)(x) - reference).norm()) for r in (0, 32)]
+    assert errors[1] < errors[0]
 
 
 def test_rotation_with_smoothing_smooths_first():
@@ -209,17 +211,27 @@ def test_gptq_in_the_rotated_basis_is_on_the_grid_and_beats_rtn(name, block):
 # --- recipe, pipeline, checkpoint --------------------------------------------------------------
 
 
+def quantize_config(recipe: Recipe):
+    return recipe.find("quantize").config
+
+
 def test_recipe_rotation_field():
-    assert Recipe().rotation == "none"
-    assert Recipe(rotation="hadamard").rotation == "hadamard"
-    with pytest.raises(CompressorError, match="recipe field 'rotation'") as err:
-        Recipe(rotation="random")
-    assert "\n" not in str(err.value) and "none, hadamard" in str(err.value)
+    assert quantize_config(flat_recipe({})).rotation == "none"
+    assert quantize_config(flat_recipe({"rotation": "hadamard"})).rotation == "hadamard"
+    passes = [{"quantize": {"scheme": "mxfp4", "rotation": "hadamard"}}]
+    assert quantize_config(Recipe.from_dict({"passes": passes})).rotation == "hadamard"
+    for make in (lambda: flat_recipe({"rotation": "random"}),
+                 lambda: Recipe.from_dict({"passes": [{"quantize": {"rotation": "random"}}]})):
+        with pytest.raises(CompressorError, match="field 'rotation'") as err:
+            make()
+        assert "\n" not in str(err.value) and "'none'" in str(err.value) and "'hadamard'" in str(err.value)
 
 
-def test_presets_rotate_their_w4a4_layers():
-    assert load_recipe("nvfp4").rotation == "hadamard" and load_recipe("mxfp4").rotation == "hadamard"
-    assert load_recipe("fp4-int8").rotation == "none" and load_recipe("int8").rotation == "none"
+def test_presets_rotate_only_where_measured_to_help():
+    assert quantize_config(load_recipe("mxfp4")).rotation == "hadamard"
+    assert quantize_config(load_recipe("mxfp4")).rounding == "gptq"
+    assert quantize_config(load_recipe("nvfp4")).rotation == "none"
+    assert quantize_config(load_recipe("fp4-int8")).rotation == "none"
 
 
 FAST = dict(calib_samples=24, sensitivity_samples=8, search_tokens=512, batch_size=8, max_length=32, fallback_max_layers=0)
@@ -227,12 +239,13 @@ FAST = dict(calib_samples=24, sensitivity_samples=8, search_tokens=512, batch_si
 
 def test_rotated_w4a4_layers_round_trip_through_checkpoint(tiny_bert_dir, calib_file, packaged_sentences, tmp_path):
     """Only W4A4 layers rotate (by their format's block); the reloaded checkpoint computes the same."""
+    from compressor.model import load_model
     from compressor.pipeline import compress
     from exporters.checkpoint import load_compressed
 
-    recipe = Recipe(**FAST, scheme="nvfp4", rounding="gptq", rotation="hadamard",
-                    formats={"*.attention.self.query": "mxfp4", "*.attention.output.dense": "w4a16-nvfp4",
-                             "*.output.dense": "int8"})
+    recipe = flat_recipe({**FAST, "scheme": "nvfp4", "rounding": "gptq", "rotation": "hadamard",
+                          "formats": {"*.attention.self.query": "mxfp4", "*.attention.output.dense": "w4a16-nvfp4",
+                                      "*.output.dense": "int8"}})
     handle = compress(tiny_bert_dir, recipe, calib_file, tmp_path / "out")
     record = json.loads((tmp_path / "out" / "compression.json").read_text())
     expected = {"nvfp4": 16, "mxfp4": 32, "w4a16-nvfp4": 0, "int8": 0}
@@ -242,9 +255,11 @@ def test_rotated_w4a4_layers_round_trip_through_checkpoint(tiny_bert_dir, calib_
         module = handle.model.get_submodule(layer["name"])
         if isinstance(module, QuantLinear):
             assert module.rotation == layer["rotation"]
-            if layer["rounding"] == "gptq":  # GPTQ's rotated weight is stored exactly on the grid
-                assert torch.equal(module.format.dequantize(module.format.quantize(module.dequantized_weight())),
-                                   module.dequantized_weight())
+            if layer["rotation"]:  # GPTQ rounded the rotated weight: the stored one is close to W R, not to W
+                float_weight = load_model(tiny_bert_dir).model.get_submodule(layer["name"]).weight.detach()
+                stored = module.dequantized_weight()
+                rotated_error = (stored - hadamard_rotate(float_weight, layer["rotation"])).norm()
+                assert layer["rounding"] == "gptq" and rotated_error < 0.5 * (stored - float_weight).norm()
     reloaded = load_compressed(tmp_path / "out")
     for layer in record["layers"]:
         module = reloaded.model.get_submodule(layer["name"])

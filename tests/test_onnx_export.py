@@ -131,7 +131,7 @@ def test_tensorrt_graph_qdq(graphs, int8_handle):
     state = int8_handle.model.state_dict()
     name = "encoder.layer.0.attention.self.query"
     if f"{name}.weight_scale" in state:
-        assert np.array_equal(consts[f"model.{name}.weight"], state[f"{name}.weight"].numpy())
+        assert np.array_equal(consts[f"model.{name}.weight"], state[f"{name}.weight_values"].numpy())
         assert np.array_equal(consts[f"model.{name}.weight_scale"], state[f"{name}.weight_scale"].numpy())
 
 
@@ -148,14 +148,18 @@ def test_onnxruntime_graph_integer_matmul(graphs, int8_handle):
     types = initializer_types(model)
     producers = {out: n for n in nodes for out in n.output}
     for node in fused:
-        a, b, a_scale, b_scale, a_zero = node.input[:5]
+        a, b, a_scale, b_scale, a_zero, b_zero = node.input[:6]
         assert producers[a].op_type == "QuantizeLinear"
-        assert types[b] == TensorProto.INT8
+        # uint8 weights with zero point 128: the int8 values shifted (the CPU's u8·u8 kernel cannot saturate)
+        assert types[b] == TensorProto.UINT8
         weight = consts[b]  # [in, out]
         assert consts[b_scale].shape == (weight.shape[1],)
-        zero = consts[a_zero]
-        assert zero.dtype == np.uint8 and int(zero) == 128
-        assert len(node.input) == 7 and node.input[5] == "" and node.input[6] in types  # bias fused in
+        for zero in (consts[a_zero], consts[b_zero]):
+            assert zero.dtype == np.uint8 and int(zero) == 128
+        assert len(node.input) == 7 and node.input[6] in types  # bias fused in
+    name = "encoder.layer.0.attention.self.query"
+    stored = int8_handle.model.get_submodule(name).weight_values.numpy()
+    assert np.array_equal(consts[f"model.{name}.weight"].astype(np.int16) - 128, stored.T.astype(np.int16))
     # the fusion removed the bias Adds: each bias now feeds only its MatMulIntegerToFloat
     biases = {n.input[6] for n in fused}
     assert len(biases) == n_int8

@@ -4,6 +4,12 @@ import pytest
 from calibrators.data import SentencePairs, read_sentence_pairs, read_sentences, sample_sentences
 from compressor.errors import CompressorError
 
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
 # --- calibration / evaluation data ------------------------------------------------------------
 
 

@@ -60,11 +60,11 @@ def rotatable(features: int, block: int) -> bool:
 def rotate_blocks(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """``x`` [..., K] with each run of b = len(h) consecutive values of the last dimension multiplied by ``h``
     [b, b]: x reshaped to [..., K/b, b], times h, reshaped back. K must be a multiple of b."""
-    block = h.shape[-1]
-    if h.shape != (block, block):
+    block, features = int(h.shape[-1]), int(x.shape[-1])  # plain ints, also while an exporter traces
+    if tuple(h.shape) != (block, block):
         raise ValueError(f"a rotation block must be a square matrix, got shape {tuple(h.shape)}")
-    check_rotatable(x.shape[-1], block)
-    blocks = x.reshape(*x.shape[:-1], x.shape[-1] // block, block)
+    check_rotatable(features, block)
+    blocks = x.reshape(*x.shape[:-1], features // block, block)
     return (blocks @ h.to(x.dtype)).reshape(x.shape)
 
 
