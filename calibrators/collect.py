@@ -8,6 +8,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 
+def real_tokens(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[tokens, features]: the rows of ``x`` at real tokens (``mask`` over its leading dimensions, e.g.
+    [batch, sequence] for text; one flag per sample means every row of that sample)."""
+    tokens = x[mask] if x.shape[: mask.dim()] == mask.shape else x.reshape(-1, x.shape[-1])
+    return tokens.reshape(-1, x.shape[-1])
+
+
 @torch.no_grad()
 def run_with_input_hooks(
     model: nn.Module,
@@ -24,10 +31,7 @@ def run_with_input_hooks(
 
     def hook_for(name: str):
         def hook(_module, args):
-            x = args[0]
-            mask = current_mask["mask"]
-            tokens = x[mask] if x.shape[: mask.dim()] == mask.shape else x.reshape(-1, x.shape[-1])
-            callback(name, tokens.reshape(-1, x.shape[-1]).float())
+            callback(name, real_tokens(args[0], current_mask["mask"]).float())
 
         return hook
 

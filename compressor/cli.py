@@ -29,6 +29,14 @@ def _compress(args) -> None:
         if args.max_bits <= 0:
             raise CompressorError(f"--max-bits must be > 0, got {args.max_bits}")
         quantize.config.max_bits = args.max_bits
+    if args.keep_macs is not None:
+        prune = recipe.find("prune_structured")
+        if prune is None:
+            raise CompressorError(f"--keep-macs needs a recipe with structured pruning (e.g. prune-structured); "
+                                  f"'{recipe.name}' has none")
+        if not 0 < args.keep_macs <= 1:
+            raise CompressorError(f"--keep-macs must be a fraction in (0, 1], got {args.keep_macs}")
+        prune.config.keep_macs, prune.config.ratios = args.keep_macs, {}
     handle = compress(resolve_model_dir(args.model_dir), recipe, args.calib_data, args.output,
                       overwrite=args.overwrite, announce=lambda text: print(text, file=sys.stderr))
     print(plan_table(handle.info))
@@ -118,10 +126,17 @@ def _export(args) -> None:
     if args.format == "onnx":
         export_onnx(handle, args.output, target, overwrite=args.overwrite)
     else:
+        sparse24 = ((handle.info or {}).get("sparsity") or {}).get("pattern") == "2:4"
         with tempfile.TemporaryDirectory() as scratch:
             onnx_path = export_onnx(handle, Path(scratch) / "model.onnx", "tensorrt")
+            if sparse24:  # TensorRT reads the pattern along the weights' input-channel axis: check that one
+                from exporters.sparsity_check import check_nm_sparsity
+
+                rows = check_nm_sparsity(onnx_path, 2, 4)
+                print(f"2:4 sparse along the input axis: {sum(r['sparse'] for r in rows)} of {len(rows)} weight "
+                      "matmuls; building with SPARSE_WEIGHTS")
             build_engine(onnx_path, args.output, min_shapes=low, opt_shapes=opt, max_shapes=high,
-                         sparse_weights=args.sparse_weights, overwrite=args.overwrite)
+                         sparse_weights=args.sparse_weights or sparse24, overwrite=args.overwrite)
     print(f"wrote {args.output}")
 
 
@@ -146,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default="int8", help=f"preset name ({', '.join(PRESETS)}) or a recipe .yaml file")
     p.add_argument("--max-bits", type=float,
                    help="budget in effective bits per weight for a per-layer format search (fp4-int8 default: 5.0)")
+    p.add_argument("--keep-macs", type=float, metavar="FRACTION",
+                   help="structured pruning budget: the fraction of the blocks' Linear multiply-accumulates to keep "
+                   "(prune-structured presets; default 0.6)")
     p.add_argument("--calib-data", help="text models: a file of sentences, or a TSV such as STS-B (default: packaged "
                    "sentences); class-conditional DiTs: a JSON file {\"class_labels\": [...], \"seed\": 0} "
                    "(default: every class in turn, seed 0)")

@@ -49,12 +49,22 @@ def run_recipe(handle: ModelHandle, calib: list[dict], sensitivity_batches: list
         "bits_per_weight": _bits(layers, only_budget=True),
         "bits_per_weight_all_layers": _bits(layers, only_budget=False),
         "search": plan.search if plan is not None else None,
+        "structure": context.shared.get("structure"),
+        "sparsity": _sparsity(context.shared.get("sparsity")),  # shapes after structured pruning, None when unpruned
         "embeddings": context.shared.get("embeddings", []),
         "fallback": context.shared.get("fallback", []),
         "output_error": errors,
         "calibration_runs": service.runs,
         "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def _sparsity(found: dict | None) -> dict | None:
+    """The sparse layers and their pattern, which the checkpoint stores compressed and export checks."""
+    if not found:
+        return None
+    return {"pattern": found["pattern"],
+            "layers": {n: round(1 - float(m.float().mean()), 4) for n, m in found["masks"].items()}}
 
 
 def _bits(layers: list[dict], only_budget: bool) -> float:

@@ -152,6 +152,15 @@ PRESETS: dict[str, list] = {
     # sensitivity within 5 bits per weight.
     "fp4-int8": [{"smoothquant": {}}, {"quantize": {"scheme": "nvfp4", "candidates": ["nvfp4", "w4a8-nvfp4", "int8"],
                                                     "max_bits": 5.0, "rounding": "gptq"}}],
+    # Structured pruning (heads and FFN channels, 60% of the Linear MACs kept; --keep-macs sets it),
+    # in float or followed by W8A8.
+    "prune-structured": [{"prune_structured": {}}],
+    "prune-structured-int8": [{"prune_structured": {}}, *_W8A8],
+    # 2:4 sparsity by SparseGPT on every eligible Linear, in float or followed by a quantization that
+    # keeps the zeros.
+    "sparse24": [{"sparsify": {"target": "2:4"}}],
+    "sparse24-int8": [{"sparsify": {"target": "2:4"}}, *_W8A8],
+    "sparse24-w4a16-nvfp4": [{"sparsify": {"target": "2:4"}}, {"quantize": {"scheme": "w4a16-nvfp4", "rounding": "gptq"}}],
 }
 
 

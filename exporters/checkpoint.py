@@ -15,7 +15,9 @@ from compressor.adapters import adapter_for_directory
 from compressor.files import check_checkpoint_dir, check_safetensors
 from compressor.model import ModelHandle
 from compressor.passes.plan import set_module
+from compressor.structure import apply_structure
 from exporters.atomic import atomic_directory
+from exporters.sparse_storage import pack_sparse_state, unpack_sparse_state
 
 # 3: ``modules`` lists every rewritten module with its kind and shape, and W8A8 layers store their
 # weight as ``weight_values`` like every other scheme. 2: low-bit layers. 1: W8A8 only.
@@ -80,10 +82,11 @@ def _calibration_text(calibration: dict) -> str:
 def save_compressed(handle: ModelHandle, output: str | Path, record: dict, overwrite: bool = False) -> Path:
     """Write the compressed model atomically: a failure leaves no partial directory behind."""
     record["modules"] = module_entries(handle.model)  # the caller's record describes what was saved too
+    state = {k: v.detach().contiguous() for k, v in handle.model.state_dict().items()}
+    record["sparse_tensors"] = pack_sparse_state(state, handle.model, record.get("sparsity"))
     record = {**record, "format_version": FORMAT_VERSION}
     with atomic_directory(output, overwrite) as scratch:
         handle.adapter.save_metadata(handle, scratch)
-        state = {k: v.detach().contiguous() for k, v in handle.model.state_dict().items()}
         save_file(state, str(scratch / WEIGHTS_FILE), metadata={"format": "pt", "compressor": record.get("recipe", {}).get("name", "")})
         (scratch / RECORD_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
         (scratch / "README.md").write_text(model_card(record), encoding="utf-8")
@@ -118,10 +121,15 @@ def load_compressed(path: str | Path) -> ModelHandle:
     model, tokenizer = adapter.empty_model(), adapter.load_tokenizer()
     state = load_file(str(weights))
     try:
+        apply_structure(model, record.get("structure") or {})  # pruned shapes first, then compressed modules
         entries = record["modules"] if record["format_version"] >= 3 else _entries_before_v3(model, record, state)
         restore_modules(model, entries)
     except (AttributeError, KeyError, ValueError) as exc:
         raise CompressorError(f"{path / RECORD_FILE} does not match the model in config.json: {exc}") from None
+    try:
+        unpack_sparse_state(state, record.get("sparse_tensors") or {})
+    except (KeyError, ValueError) as exc:
+        raise CompressorError(f"{weights}: a sparse tensor does not match its record: {exc}") from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -71,6 +71,20 @@ class DiffusionTransformerAdapter:
         return [f"transformer_blocks.{i}" for i in range(len(model.transformer_blocks))]
 
     # --- loading and saving -------------------------------------------------------------------
+    def prunable_groups(self, model: nn.Module) -> list:
+        """Each block's self-attention heads and MLP channels (see compressor.structure)."""
+        from compressor.structure import UnitGroup
+
+        groups = []
+        for block in self.blocks(model):
+            attention = model.get_submodule(f"{block}.attn1")
+            size = attention.inner_dim // attention.heads
+            groups.append(UnitGroup(f"{block}.attn1", "heads", tuple(f"{block}.attn1.{p}" for p in ("to_q", "to_k", "to_v")),
+                                    f"{block}.attn1.to_out.0", size, f"{block}.attn1",
+                                    (("heads", 1), ("inner_dim", size), ("inner_kv_dim", size))))
+            groups.append(UnitGroup(f"{block}.ff", "channels", (f"{block}.ff.net.0.proj",), f"{block}.ff.net.2", 1))
+        return groups
+
     def load(self) -> nn.Module:
         path = self.directory
         if not any((path / name).is_file() for name in WEIGHTS):

@@ -66,6 +66,22 @@ class EncoderAdapter:
         return [name for name, _ in model.named_modules() if name.count(".") == 2 and ".layer." in f".{name}"
                 and name.startswith("encoder.")]
 
+    def prunable_groups(self, model: nn.Module) -> list:
+        """Each block's attention heads and FFN channels (see compressor.structure)."""
+        from compressor.structure import UnitGroup
+
+        groups = []
+        for block in self.blocks(model):
+            attention = model.get_submodule(f"{block}.attention.self")
+            size = attention.attention_head_size
+            groups.append(UnitGroup(f"{block}.attention", "heads",
+                                    tuple(f"{block}.attention.self.{p}" for p in ("query", "key", "value")),
+                                    f"{block}.attention.output.dense", size, f"{block}.attention.self",
+                                    (("num_attention_heads", 1), ("all_head_size", size))))
+            groups.append(UnitGroup(f"{block}.ffn", "channels", (f"{block}.intermediate.dense",),
+                                    f"{block}.output.dense", 1))
+        return groups
+
     def input_names(self, tokenizer) -> tuple[str, ...]:
         names = ["input_ids", "attention_mask"]
         if "token_type_ids" in tokenizer.model_input_names:

@@ -46,10 +46,12 @@ def _upper_cholesky_of_inverse(h: torch.Tensor, damp: float, report: dict | None
 @torch.no_grad()
 def gptq_quantize(
     weight: torch.Tensor, hessian: torch.Tensor, fmt: WeightFormat, block_size: int = 128, damp: float = 0.01,
-    report: dict | None = None,
+    report: dict | None = None, mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """(rounded weight, float32 [out, in] on ``fmt``'s grid; the scales to store it with ``fmt.quantize``).
-    ``report``, when given, receives the damping actually used (``damp``).
+    ``report``, when given, receives the damping actually used (``damp``). ``mask`` (bool, True = kept)
+    keeps a sparse layer's pruned weights exactly zero: they round to 0 (on every format's grid) and
+    their error moves onto the kept weights like any other rounding error.
 
     Columns keep their order (no act-order), so each scale group stays a contiguous run of columns.
     """
@@ -64,7 +66,8 @@ def gptq_quantize(
     w[:, dead] = 0.0
     u = _upper_cholesky_of_inverse(h, damp, report)
 
-    shared = fmt.shared_scales(weight.detach().float())
+    keep = None if mask is None else mask.to(w.device).double()
+    shared = fmt.shared_scales(weight.detach().float() if mask is None else weight.detach().float() * mask)
     group = fmt.group_size or columns
     q = torch.zeros_like(w)
     per_group: list[dict] = []
@@ -81,9 +84,13 @@ def gptq_quantize(
                 g1 = min(j + group, columns)
                 later = w[:, b1:g1] - errors[:, :i] @ u[b0:j, b1:g1]
                 current = torch.cat([block[:, i:], later], dim=1)[:, : g1 - j]
+                if keep is not None:
+                    current = current * keep[:, j:g1]
                 per_group.append(fmt.group_scales(current.float(), shared))
                 scales = {**shared, **per_group[-1]}
             rounded = fmt.fake_quantize(block[:, i : i + 1].float(), scales).double()[:, 0]
+            if keep is not None:
+                rounded = rounded * keep[:, j]
             q[:, j] = rounded
             err = (block[:, i] - rounded) / u[j, j]
             block[:, i:] -= err[:, None] * u[j, j:b1][None, :]

@@ -103,10 +103,12 @@ def _layer_error(module: nn.Module, linear: nn.Linear, x: torch.Tensor) -> float
 class _Candidates:
     """Statistics from calibration and the (layer, scheme) modules built from them."""
 
-    def __init__(self, handle, calibration, recipe: QuantizeConfig, options: dict[str, list[str]], migrations: dict):
+    def __init__(self, handle, calibration, recipe: QuantizeConfig, options: dict[str, list[str]], migrations: dict,
+                 sparsity: dict | None = None):
         self.handle, self.recipe, self.options, self.migrations = handle, recipe, options, migrations
         self.model, self.calibration = handle.model, calibration
         self.linears = {n: self.model.get_submodule(n) for n in options}
+        self.masks = sparsity.get("masks", {}) if sparsity else {}  # left by a sparsify pass
         quantized = [n for n in options if any(SCHEMES[s].weight for s in options[n])]
         gptq_layers = {n for n in quantized if any(self._uses_gptq(s) for s in options[n])}
         calibration.require(quantized)  # one run over the batches for every layer's input sample
@@ -170,9 +172,11 @@ class _Candidates:
         if smooth is not None:
             record.smoothing = "smoothquant" if scheme == "int8" else "awq"
             record.smoothing_alpha, record.error_unsmoothed = choice.alpha, choice.error_unsmoothed
-        record.rotation = rotation = self._rotation(linear.in_features, scheme)
+        mask = self.masks.get(name)
+        record.rotation = rotation = 0 if mask is not None else self._rotation(linear.in_features, scheme)
         if self.recipe.rotation == "hadamard" and spec.activation in ACTIVATION_BLOCK and not rotation:
-            record.note = f"not rotated: in_features {linear.in_features} is not a multiple of {ACTIVATION_BLOCK[spec.activation]}"
+            record.note = ("not rotated: a rotation would mix the sparse weights" if mask is not None else
+                           f"not rotated: in_features {linear.in_features} is not a multiple of {ACTIVATION_BLOCK[spec.activation]}")
         if spec.activation in ("int8", "fp8"):
             record.input_amax = self.static_amax[(name, scheme)]
         elif spec.activation == "nvfp4":  # block scales are dynamic; the tensor scale only sets their range
@@ -190,7 +194,7 @@ class _Candidates:
             if rotation:  # ... and (W / smooth) R, seeing x * smooth R: the Hessian becomes Rᵀ H R
                 weight, hessian = hadamard_rotate(weight, rotation), rotate_hessian(hessian, rotation)
             report: dict = {}
-            rounded, scales = gptq_quantize(weight, hessian, fmt, damp=recipe.gptq_damp, report=report)
+            rounded, scales = gptq_quantize(weight, hessian, fmt, damp=recipe.gptq_damp, report=report, mask=mask)
             record.rounding = "gptq"
             if report["damp"] > recipe.gptq_damp:
                 record.gptq_damp = report["damp"]
@@ -200,6 +204,8 @@ class _Candidates:
             linear, scheme, record.input_amax or None, smooth, rounded, scales, recipe.group_size, recipe.symmetric,
             rotation=rotation,
         )
+        if mask is not None and bool((module.dequantized_weight()[~mask] != 0).any()):
+            raise ValueError(f"{name}: {scheme} does not keep the sparse layer's zeros")  # a format without an exact 0
         record.error = _layer_error(module, linear, self.calibration.samples(name))
         return module, record
 
@@ -223,7 +229,8 @@ class QuantizePass(Pass):
             check_budget({n: [_bits(model, n, s, recipe) for s in options[n]] for n in budgeted},
                          {n: model.get_submodule(n).weight.numel() for n in budgeted}, recipe.max_bits)
         context.shared["originals"] = {n: model.get_submodule(n) for n in options}
-        candidates = _Candidates(handle, context.calibration, recipe, options, context.shared.get("migrations", {}))
+        candidates = _Candidates(handle, context.calibration, recipe, options, context.shared.get("migrations", {}),
+                                 context.shared.get("sparsity"))
         built = {
             n: {s: candidates.build(n, s) for s in options[n]}
             for n in tqdm(options, desc="quantizing", unit="layer", leave=False)

@@ -1,0 +1,214 @@
+"""Structured pruning: remove whole attention heads and FFN channels under a budget of Linear MACs.
+
+Within a block, units are ranked by the output variance they add to the Linear they feed (their mean
+contribution is folded into its bias, so only the variance is lost). Across blocks, first-order
+scores mislead: removing a block's outlier-writing FFN channels shifts every later LayerNorm, which a
+linearized (Fisher) score on MiniLM put at a tenth of its measured effect and which cost 1.5
+Spearman against 0.55 for a uniform cut. So each group's model output error is measured at several
+kept fractions, with the rest of the model intact, and the levels with the least total error within
+the budget are chosen by the multiple-choice knapsack the precision search uses (heads and channels
+compete for the same MACs). Then the units are removed physically and each consumer Linear is refit
+by regularized least squares, checked on calibration batches the fit did not see (reconstruct.py).
+"""
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+from tqdm.auto import tqdm
+
+from calibrators.collect import real_tokens
+from compressor.errors import CompressorError
+from compressor.passes.base import PASSES, Pass, PassConfig
+from compressor.passes.fallback import output_error
+from compressor.passes.precision_search import Option, choose_schemes
+from compressor.passes.reconstruct import GramStats, reconstruct
+from compressor.structure import keep_units, linear_macs, structure_record
+
+
+class StructuredPruneConfig(PassConfig):
+    """``keep_macs``: the fraction of the prunable Linears' multiply-accumulates to keep (heads and
+    channels compete for it). ``ratios`` instead removes a fixed fraction of each kind, e.g.
+    ``{channels: 0.25}``. ``reconstruct`` refits each consumer Linear with
+    the ridge strength (``alphas``, × the mean input energy) chosen on the ``check_fraction`` of
+    calibration batches the fit does not see."""
+
+    keep_macs: float = Field(0.6, gt=0, le=1)
+    ratios: dict[Literal["heads", "channels"], float] = Field(default_factory=dict)
+    reconstruct: bool = True
+    alphas: list[float] = Field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0])
+    check_fraction: float = Field(0.25, gt=0, lt=1)
+    min_heads: int = Field(1, ge=1)
+    min_channels: int = Field(16, ge=1)
+
+    @model_validator(mode="after")
+    def _fractions(self):
+        for kind, ratio in self.ratios.items():
+            if not 0 <= ratio < 1:
+                raise ValueError(f"ratios: the fraction of {kind} removed must be in [0, 1), got {ratio}")
+        if any(a <= 0 for a in self.alphas):
+            raise ValueError(f"alphas: ridge strengths must be > 0, got {self.alphas}")
+        return self
+
+
+LEVELS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125)  # kept fractions tried per group
+
+
+@contextmanager
+def masked(model, groups, masks: dict[str, torch.Tensor], means: dict[str, torch.Tensor]):
+    """Feed each group's consumer its kept units' inputs and the removed units' mean input, which is
+    what removing them and folding their mean contribution into the bias computes."""
+    def hook_for(group):
+        def hook(_module, args):
+            keep = masks[group.name].repeat_interleave(group.unit_size)
+            return (args[0] * keep + means[group.consumer] * (1 - keep),)
+        return hook
+
+    handles = [model.get_submodule(g.consumer).register_forward_pre_hook(hook_for(g)) for g in groups]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def unit_energy(weight: torch.Tensor, inputs: torch.Tensor, unit_size: int) -> torch.Tensor:
+    """E‖W_u (x_u − μ_u)‖² per unit u: the output variance a unit adds to its consumer, i.e. the error of
+    removing it once its mean is folded into the bias."""
+    centred = (inputs - inputs.mean(0)).double()
+    contributions = centred.reshape(len(inputs), -1, unit_size)  # [tokens, units, unit_size]
+    w = weight.double().reshape(weight.shape[0], -1, unit_size)  # [out, units, unit_size]
+    # ‖Σ_k W[:, u, k] x[t, u, k]‖² over tokens, unit by unit
+    per_unit = torch.einsum("tuk,ouk->tuo", contributions, w)
+    return per_unit.pow(2).sum(dim=(0, 2)) / len(inputs)
+
+
+def ranked_masks(group, order: torch.Tensor, kept: int) -> torch.Tensor:
+    mask = torch.zeros(len(order))
+    mask[order[:kept]] = 1.0
+    return mask
+
+
+def level_units(group, total: int, config) -> list[int]:
+    floor = config.min_heads if group.kind == "heads" else config.min_channels
+    return sorted({max(floor, min(total, round(level * total))) for level in LEVELS}, reverse=True)
+
+
+def choose_levels(handle, groups, orders, means, context, config) -> dict[str, int]:
+    """Units kept per group: each group's output error at every level is measured with the rest of the
+    model intact, and the levels with the least total error within the budget are chosen (the same
+    multiple-choice knapsack as the per-layer precision search)."""
+    model = handle.model
+    full = {g.name: len(orders[g.name]) for g in groups}
+    cost = {g.name: g.macs_per_unit(model) for g in groups}
+    masks = {g.name: torch.ones(full[g.name]) for g in groups}
+    options, params = {}, {}
+    trials = [(g, k) for g in groups for k in level_units(g, full[g.name], config)]
+    for group, kept in tqdm(trials, desc="pruning: sensitivity", unit="trial", leave=False):
+        error = 0.0
+        if kept < full[group.name]:
+            masks[group.name] = ranked_masks(group, orders[group.name], kept)
+            with torch.no_grad(), masked(model, groups, masks, means):
+                error = output_error(handle, context.sensitivity_batches, context.references)
+            masks[group.name] = torch.ones(full[group.name])
+        options.setdefault(group.name, []).append(Option(str(kept), kept / full[group.name], error))
+    if config.ratios:
+        chosen = {}
+        for kind, ratio in config.ratios.items():
+            of_kind = [g.name for g in groups if g.kind == kind]
+            chosen.update(choose_schemes({n: options[n] for n in of_kind}, {n: full[n] for n in of_kind}, 1 - ratio))
+        chosen.update({g.name: str(full[g.name]) for g in groups if g.name not in chosen})
+    else:
+        chosen = choose_schemes(options, {g.name: full[g.name] * cost[g.name] for g in groups}, config.keep_macs)
+    return {name: int(kept) for name, kept in chosen.items()}, options
+
+
+def consumer_statistics(handle, original, batches, consumer: str, check_every: int) -> tuple[GramStats, GramStats]:
+    """Gram statistics of (the pruned model's input to ``consumer``, the original layer's output), on
+    fit batches and on check batches (every ``check_every``-th)."""
+    adapter = handle.adapter
+    fit, check = GramStats(), GramStats()
+    captured: dict = {}
+    pruned_hook = handle.model.get_submodule(consumer).register_forward_pre_hook(
+        lambda _m, args: captured.__setitem__("x", args[0]))
+    original_hook = original.get_submodule(consumer).register_forward_hook(
+        lambda _m, _args, out: captured.__setitem__("y", out))
+    try:
+        with torch.no_grad():
+            for i, batch in enumerate(batches):
+                adapter.forward(handle.model, batch)
+                adapter.forward(original, batch)
+                mask = adapter.token_mask(batch)
+                stats = check if (i + 1) % check_every == 0 else fit
+                stats.add(real_tokens(captured["x"], mask), real_tokens(captured["y"], mask))
+    finally:
+        pruned_hook.remove()
+        original_hook.remove()
+    return fit, check
+
+
+@PASSES.register("prune_structured")
+class StructuredPrunePass(Pass):
+    """Remove attention heads and FFN channels under a MACs budget; refit what they fed."""
+
+    Config = StructuredPruneConfig
+    stage = "prune"
+    requires = ("batches",)
+
+    def apply(self, context) -> dict:
+        handle, config = context.handle, self.config
+        model, adapter = handle.model, handle.adapter
+        if not hasattr(adapter, "prunable_groups"):
+            raise CompressorError(f"structured pruning has no unit map for {adapter.kind} models yet")
+        groups = adapter.prunable_groups(model)
+        batches = context.calibration.batches
+        linears = [n for g in groups for n in g.linears()]
+        macs_before = linear_macs(model, linears)
+        original = copy.deepcopy(model) if config.reconstruct else None
+        consumers = [g.consumer for g in groups]
+        context.calibration.require(consumers)
+        samples = {c: context.calibration.samples(c) for c in consumers}
+        means = {c: samples[c].mean(0) for c in consumers}
+        orders = {g.name: unit_energy(model.get_submodule(g.consumer).weight.detach(), samples[g.consumer],
+                                      g.unit_size).argsort(descending=True) for g in groups}
+        kept, options = choose_levels(handle, groups, orders, means, context, config)
+        units = {g.name: (kept[g.name], len(orders[g.name])) for g in groups}
+        for group in groups:
+            consumer = model.get_submodule(group.consumer)
+            removed = ranked_masks(group, orders[group.name], kept[group.name]).repeat_interleave(group.unit_size) == 0
+            with torch.no_grad():  # the removed units' mean contribution moves into the bias
+                consumer.bias += consumer.weight[:, removed] @ means[group.consumer][removed]
+            keep_units(model, group, orders[group.name][: kept[group.name]].tolist(), context.replace_module)
+        reconstruction = {}
+        if config.reconstruct:
+            check_every = max(2, round(1 / config.check_fraction))
+            for group in tqdm(groups, desc="pruning: reconstruction", unit="layer", leave=False):
+                consumer = model.get_submodule(group.consumer)
+                fit, check = consumer_statistics(handle, original, batches, group.consumer, check_every)
+                start = torch.cat([consumer.weight.detach(), consumer.bias.detach()[:, None]], dim=1)
+                refit, report = reconstruct(fit, check, start, config.alphas)
+                if refit is not None:
+                    with torch.no_grad():
+                        consumer.weight.copy_(refit[:, :-1])
+                        consumer.bias.copy_(refit[:, -1])
+                    context.calibration.invalidate(group.consumer)
+                reconstruction[group.consumer] = report
+        context.shared["structure"] = structure_record(model, groups)
+        macs_after = linear_macs(model, linears)
+        return {
+            "budget": {"ratios": dict(config.ratios)} if config.ratios else {"keep_macs": config.keep_macs},
+            "macs_per_token_before": macs_before, "macs_per_token_after": macs_after,
+            "kept_macs": round(macs_after / macs_before, 4),
+            "units": {name: {"kept": k, "of": total, "error_by_kept": {o.scheme: round(o.error, 6) for o in options[name]}}
+                      for name, (k, total) in units.items()},
+            "removed": {kind: sum(t - k for g, (k, t) in units.items() if _kind(groups, g) == kind)
+                        for kind in ("heads", "channels")},
+            "reconstruction": reconstruction,
+        }
+
+
+def _kind(groups, name: str) -> str:
+    return next(g.kind for g in groups if g.name == name)
