@@ -29,16 +29,19 @@ def pack_sparse_state(state: dict[str, torch.Tensor], model, sparsity: dict | No
             tensor = state.get(key)
             if tensor is None or tuple(tensor.shape) != shape:
                 continue  # absent, or packed codes
+            dtype = str(tensor.dtype).removeprefix("torch.")
+            if tensor.dtype.is_floating_point and tensor.element_size() == 1:
+                tensor = tensor.view(torch.uint8)  # FP8: packed as its bytes (+0.0 is byte 0)
             if sparsity["pattern"] == "2:4" and shape[1] % 8 == 0 and is_nm_sparse(tensor, 2, 4, axis=1):
                 values, positions = pack_24(tensor)
                 state.pop(key)
                 state[f"{key}.sparse_values"], state[f"{key}.sparse_positions"] = values, positions
-                layouts[key] = {"layout": "2:4", "shape": list(shape)}
+                layouts[key] = {"layout": "2:4", "shape": list(shape), "dtype": dtype}
             elif bitmask_saves_space(tensor):
                 values, mask = pack_bitmask(tensor)
                 state.pop(key)
                 state[f"{key}.sparse_values"], state[f"{key}.sparse_bitmask"] = values, mask
-                layouts[key] = {"layout": "bitmask", "shape": list(shape)}
+                layouts[key] = {"layout": "bitmask", "shape": list(shape), "dtype": dtype}
     return layouts
 
 
@@ -52,3 +55,6 @@ def unpack_sparse_state(state: dict[str, torch.Tensor], layouts: dict[str, dict]
             state[key] = unpack_bitmask(values, state.pop(f"{key}.sparse_bitmask"), tuple(layout["shape"]))
         else:
             raise ValueError(f"unknown sparse layout {layout['layout']!r} for {key}")
+        dtype = getattr(torch, layout.get("dtype", ""), None)
+        if isinstance(dtype, torch.dtype) and dtype != state[key].dtype:
+            state[key] = state[key].view(dtype)

@@ -4,7 +4,8 @@ The pruned layer sees fewer input features. Refit its weight and bias so that, o
 it reproduces what the original layer computed from the original inputs. A plain least-squares fit
 on a few hundred sentences overfits (it learns the calibration set), so the fit is pulled towards the
 pruned weight (ridge, strength ``alpha`` times the mean input energy) and ``alpha`` is chosen on
-tokens the fit did not see; when no ``alpha`` beats leaving the layer as it is there, it is left so.
+tokens the fit did not see; when no ``alpha`` beats leaving the layer as it is there (by 0.1%), it is
+left so.
 Everything works on Gram statistics, so no token is kept in memory.
 """
 from __future__ import annotations
@@ -12,6 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+
+
+MIN_GAIN = 1e-3  # a refit must lower the check error by this share to be used (not rounding noise)
 
 
 @dataclass
@@ -64,7 +68,7 @@ def reconstruct(fit: GramStats, check: GramStats, start: torch.Tensor, alphas: l
     errors = {alpha: relative_error(check, ridge_fit(fit, start, alpha)) for alpha in alphas}
     best = min(errors, key=errors.get) if errors else None
     report = {"check_error_before": before, "check_errors": {str(a): e for a, e in errors.items()}}
-    if best is None or errors[best] >= before:
+    if best is None or errors[best] >= before * (1 - MIN_GAIN):
         report["alpha"] = None
         return None, report
     report["alpha"], report["check_error_after"] = best, errors[best]

@@ -32,11 +32,13 @@ from compressor.structure import keep_units, linear_macs, structure_record
 class StructuredPruneConfig(PassConfig):
     """``keep_macs``: the fraction of the prunable Linears' multiply-accumulates to keep (heads and
     channels compete for it). ``ratios`` instead removes a fixed fraction of each kind, e.g.
-    ``{channels: 0.25}``. ``reconstruct`` refits each consumer Linear with
+    ``{channels: 0.25}``; ``rounds``: steps to the budget, each measured on the model pruned so far.
+    ``reconstruct`` refits each consumer Linear with
     the ridge strength (``alphas``, × the mean input energy) chosen on the ``check_fraction`` of
     calibration batches the fit does not see."""
 
     keep_macs: float = Field(0.6, gt=0, le=1)
+    rounds: int = Field(3, ge=1)
     ratios: dict[Literal["heads", "channels"], float] = Field(default_factory=dict)
     reconstruct: bool = True
     alphas: list[float] = Field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0])
@@ -92,38 +94,49 @@ def ranked_masks(group, order: torch.Tensor, kept: int) -> torch.Tensor:
     return mask
 
 
-def level_units(group, total: int, config) -> list[int]:
+def level_units(group, total: int, current: int, config) -> list[int]:
+    """Kept-unit counts tried for a group: the fixed fractions of its size, at most what it keeps now."""
     floor = config.min_heads if group.kind == "heads" else config.min_channels
-    return sorted({max(floor, min(total, round(level * total))) for level in LEVELS}, reverse=True)
+    return sorted({max(floor, min(current, round(level * total))) for level in LEVELS} | {current}, reverse=True)
 
 
-def choose_levels(handle, groups, orders, means, context, config) -> dict[str, int]:
-    """Units kept per group: each group's output error at every level is measured with the rest of the
-    model intact, and the levels with the least total error within the budget are chosen (the same
-    multiple-choice knapsack as the per-layer precision search)."""
+def choose_levels(handle, groups, orders, means, context, config, error=None) -> tuple[dict[str, int], dict]:
+    """Units kept per group. In each of ``config.rounds`` rounds the budget tightens by an equal step;
+    every group's extra output error at each smaller level is measured with the rest of the model as
+    pruned so far, and the levels with the least total extra error within the round's budget are chosen
+    (the multiple-choice knapsack of the per-layer precision search; heads and channels compete)."""
     model = handle.model
+    error = error or (lambda: output_error(handle, context.sensitivity_batches, context.references))
     full = {g.name: len(orders[g.name]) for g in groups}
     cost = {g.name: g.macs_per_unit(model) for g in groups}
+    kept = dict(full)
     masks = {g.name: torch.ones(full[g.name]) for g in groups}
-    options, params = {}, {}
-    trials = [(g, k) for g in groups for k in level_units(g, full[g.name], config)]
-    for group, kept in tqdm(trials, desc="pruning: sensitivity", unit="trial", leave=False):
-        error = 0.0
-        if kept < full[group.name]:
-            masks[group.name] = ranked_masks(group, orders[group.name], kept)
-            with torch.no_grad(), masked(model, groups, masks, means):
-                error = output_error(handle, context.sensitivity_batches, context.references)
-            masks[group.name] = torch.ones(full[group.name])
-        options.setdefault(group.name, []).append(Option(str(kept), kept / full[group.name], error))
-    if config.ratios:
-        chosen = {}
-        for kind, ratio in config.ratios.items():
-            of_kind = [g.name for g in groups if g.kind == kind]
-            chosen.update(choose_schemes({n: options[n] for n in of_kind}, {n: full[n] for n in of_kind}, 1 - ratio))
-        chosen.update({g.name: str(full[g.name]) for g in groups if g.name not in chosen})
-    else:
-        chosen = choose_schemes(options, {g.name: full[g.name] * cost[g.name] for g in groups}, config.keep_macs)
-    return {name: int(kept) for name, kept in chosen.items()}, options
+    options: dict = {}
+    for step in range(1, config.rounds + 1):
+        with torch.no_grad(), masked(model, groups, masks, means):
+            base = error()
+            trials = [(g, k) for g in groups for k in level_units(g, full[g.name], kept[g.name], config)]
+            options = {}
+            for group, units in tqdm(trials, desc=f"pruning: sensitivity {step}/{config.rounds}", unit="trial", leave=False):
+                extra = 0.0
+                if units < kept[group.name]:
+                    masks[group.name] = ranked_masks(group, orders[group.name], units)
+                    extra = error() - base
+                    masks[group.name] = ranked_masks(group, orders[group.name], kept[group.name])
+                options.setdefault(group.name, []).append(Option(str(units), units / full[group.name], extra))
+        fraction = step / config.rounds
+        if config.ratios:
+            chosen = {}
+            for kind, ratio in config.ratios.items():
+                names = [g.name for g in groups if g.kind == kind]
+                chosen.update(choose_schemes({n: options[n] for n in names}, {n: full[n] for n in names},
+                                             1 - ratio * fraction))
+        else:
+            chosen = choose_schemes(options, {g.name: full[g.name] * cost[g.name] for g in groups},
+                                    1 - (1 - config.keep_macs) * fraction)
+        kept.update({name: int(units) for name, units in chosen.items()})
+        masks = {g.name: ranked_masks(g, orders[g.name], kept[g.name]) for g in groups}
+    return kept, options
 
 
 def consumer_statistics(handle, original, batches, consumer: str, check_every: int) -> tuple[GramStats, GramStats]:
@@ -142,7 +155,9 @@ def consumer_statistics(handle, original, batches, consumer: str, check_every: i
                 adapter.forward(handle.model, batch)
                 adapter.forward(original, batch)
                 mask = adapter.token_mask(batch)
-                stats = check if (i + 1) % check_every == 0 else fit
+                # every check_every-th batch, and the last one when there are fewer
+                is_check = (i + 1) % check_every == 0 or (len(batches) < check_every and i == len(batches) - 1)
+                stats = check if is_check else fit
                 stats.add(real_tokens(captured["x"], mask), real_tokens(captured["y"], mask))
     finally:
         pruned_hook.remove()
@@ -183,7 +198,9 @@ class StructuredPrunePass(Pass):
                 consumer.bias += consumer.weight[:, removed] @ means[group.consumer][removed]
             keep_units(model, group, orders[group.name][: kept[group.name]].tolist(), context.replace_module)
         reconstruction = {}
-        if config.reconstruct:
+        if config.reconstruct and len(batches) < 2:
+            reconstruction = {"skipped": "one calibration batch: nothing left to check a refit on"}
+        elif config.reconstruct:
             check_every = max(2, round(1 / config.check_fraction))
             for group in tqdm(groups, desc="pruning: reconstruction", unit="layer", leave=False):
                 consumer = model.get_submodule(group.consumer)
