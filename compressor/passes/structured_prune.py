@@ -81,11 +81,12 @@ def unit_energy(weight: torch.Tensor, inputs: torch.Tensor, unit_size: int) -> t
     """E‖W_u (x_u − μ_u)‖² per unit u: the output variance a unit adds to its consumer, i.e. the error of
     removing it once its mean is folded into the bias."""
     centred = (inputs - inputs.mean(0)).double()
-    contributions = centred.reshape(len(inputs), -1, unit_size)  # [tokens, units, unit_size]
-    w = weight.double().reshape(weight.shape[0], -1, unit_size)  # [out, units, unit_size]
-    # ‖Σ_k W[:, u, k] x[t, u, k]‖² over tokens, unit by unit
-    per_unit = torch.einsum("tuk,ouk->tuo", contributions, w)
-    return per_unit.pow(2).sum(dim=(0, 2)) / len(inputs)
+    covariance = centred.T @ centred / len(inputs)
+    w = weight.double()
+    products = (w.T @ w) * covariance  # Σ_o W_oa W_ob · Cov_ab, summed over each unit's (a, b) block
+    units = len(covariance) // unit_size
+    blocks = products.reshape(units, unit_size, units, unit_size).diagonal(dim1=0, dim2=2)
+    return blocks.sum(dim=(0, 1))
 
 
 def ranked_masks(group, order: torch.Tensor, kept: int) -> torch.Tensor:
