@@ -8,20 +8,7 @@ import torch
 from compressor.passes.sparsegpt import sparsegpt_prune
 
 
-def correlated_inputs(tokens: int = 512, features: int = 128, seed: int = 0) -> torch.Tensor:
-    """X = Z A: a random mixing matrix makes the input channels strongly correlated."""
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(tokens, features, generator=g)
-    a = torch.randn(features, features, generator=g) / features**0.5 + torch.eye(features)
-    return z @ a
-
-
-def hessian(x: torch.Tensor) -> torch.Tensor:
-    return 2.0 * x.double().T @ x.double() / len(x)
-
-
-def output_error(x: torch.Tensor, w: torch.Tensor, w_pruned: torch.Tensor) -> float:
-    return float((x @ w.T - x @ w_pruned.T).pow(2).sum())
+from tests.test_gptq import correlated_inputs, hessian, output_error  # noqa: E402  (the same layer fixtures as GPTQ)
 
 
 # Baselines written independently of compressor.numerics.sparsity: plain torch, one mask per score.
