@@ -17,11 +17,18 @@ from compressor.errors import CompressorError
 from compressor.evaluation import evaluator_class, evaluator_for
 from compressor.evaluation.base import Candidate, CompareOptions, TaskEvaluator
 from compressor.evaluation.onnx_runner import median_latencies
+from compressor.quant_linear import QuantLinear
 from exporters.atomic import atomic_directory, check_can_write
 from exporters.checkpoint import checkpoint_bytes, is_compressed_checkpoint, load_any
 from exporters.onnx_export import export_onnx, onnx_session
 
 LATENCY_STATISTIC = "median after 3 warm-up runs, models interleaved"
+SPARSE_CPU_NOTE = (
+    "Sparsity does not make a CPU faster: ONNX Runtime's CPU provider has no sparse kernels, so a sparse model "
+    "runs the same dense GEMMs as its dense twin and its latency here gains nothing from the zeros. 2:4 "
+    "sparsity pays off only on NVIDIA sparse tensor cores, through TensorRT (`compressor export --format "
+    "tensorrt` sets SPARSE_WEIGHTS). On a CPU, only structured pruning (fewer heads and channels, fewer MACs) "
+    "and lower-precision kernels cut latency.")
 
 
 def _describe(handle) -> dict:
@@ -36,7 +43,23 @@ def _describe(handle) -> dict:
         "int8_layers": formats.get("int8", 0),
         "float_layers": [layer["name"] for layer in layers if layer["format"] == "float"],
         "embeddings": [f"{t['name']}: {t['format']}" for t in handle.info.get("embeddings", [])],
+        "pruned": bool(handle.info.get("structure")),
+        **_macs_and_sparsity(handle),
     }
+
+
+def _macs_and_sparsity(handle) -> dict:
+    """Multiply-accumulates per token of the model's Linears (structured pruning lowers them) and the
+    share of those Linears' weights that are pruned zeros (sparsity does not lower them)."""
+    # the adapter's Linears still in float, and those already quantized
+    names = [*handle.adapter.quantizable_layers(handle.model),
+             *(n for n, m in handle.model.named_modules() if isinstance(m, QuantLinear))]
+    sizes = {name: handle.model.get_submodule(name).in_features * handle.model.get_submodule(name).out_features
+             for name in names}
+    found = handle.info.get("sparsity") or {}
+    zeros = sum(fraction * sizes[name] for name, fraction in found.get("layers", {}).items() if name in sizes)
+    return {"linear_macs_per_token": sum(sizes.values()), "sparsity_pattern": found.get("pattern"),
+            "sparsity": zeros / max(sum(sizes.values()), 1)}
 
 
 def _kernels(handle) -> dict[str, int]:
@@ -99,6 +122,7 @@ def compare(
         row[evaluator.latency_key] = latency[row["model"]] * 1000
         row["latency_ratio"] = latency[row["model"]] / latency["original"]
         row["size_ratio"] = row["weights_bytes"] / base["weights_bytes"]
+        row["macs_ratio"] = row["linear_macs_per_token"] / base["linear_macs_per_token"]
     shape = dict(evaluator.latency_setup())
     statistic = shape.pop("statistic", LATENCY_STATISTIC)
     report = {
@@ -124,11 +148,13 @@ def markdown_table(report: dict) -> str:
     """report.md: one row per model (the evaluator's columns between the size and latency ones), then notes."""
     evaluator = evaluator_class(report["kind"])
     task_columns = evaluator.columns(report)
-    head = ["model", "recipe", "bits/weight", *(c.header for c in task_columns),
+    head = ["model", "recipe", "bits/weight", "MACs ×", "sparsity", *(c.header for c in task_columns),
             evaluator.latency_header, "latency ×", "weights MB", "size ×"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in report["models"]:
-        cells = [row["model"], row["recipe"], f"{row['bits_per_weight']:.2f}", *(c.render(row) for c in task_columns),
+        sparsity = f"{row['sparsity_pattern']} ({row['sparsity']:.0%})" if row.get("sparsity_pattern") else "–"
+        cells = [row["model"], row["recipe"], f"{row['bits_per_weight']:.2f}", f"{row.get('macs_ratio', 1.0):.2f}",
+                 sparsity, *(c.render(row) for c in task_columns),
                  f"{row[evaluator.latency_key]:.2f}", f"{row['latency_ratio']:.2f}",
                  f"{row['weights_bytes'] / 1e6:.2f}", f"{row['size_ratio']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -140,7 +166,9 @@ def markdown_table(report: dict) -> str:
         f"Latency: each model's ONNX export in {setup['runtime']}, {shape}, {setup['threads']} threads, "
         f"{setup['statistic']}, {setup['repeats']} runs.",
         "Size: bytes of the weight files in each checkpoint directory; bits/weight: effective bits per quantized "
-        "Linear weight with scales (a float layer counts 16, the original 32).",
+        "Linear weight with scales (a float layer counts 16, the original 32). MACs ×: multiply-accumulates per "
+        "token of the Linears against the original's; sparsity: the pattern and share of those weights that are zero.",
+        *([SPARSE_CPU_NOTE] if any(row.get("sparsity_pattern") for row in report["models"]) else []),
         "",
         "Which ONNX Runtime kernels the latency comes from (layers per kernel): real low-precision kernels are "
         "MatMulIntegerToFloat (INT8) and MatMulNBits (INT4); FP4 and FP8 weights have no CPU kernel and run as "

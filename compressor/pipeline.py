@@ -49,8 +49,8 @@ def run_recipe(handle: ModelHandle, calib: list[dict], sensitivity_batches: list
         "bits_per_weight": _bits(layers, only_budget=True),
         "bits_per_weight_all_layers": _bits(layers, only_budget=False),
         "search": plan.search if plan is not None else None,
-        "structure": context.shared.get("structure"),
-        "sparsity": _sparsity(context.shared.get("sparsity")),  # shapes after structured pruning, None when unpruned
+        "structure": context.shared.get("structure"),  # shapes after structured pruning, None when unpruned
+        "sparsity": _sparsity(context.shared.get("sparsity")),
         "embeddings": context.shared.get("embeddings", []),
         "fallback": context.shared.get("fallback", []),
         "output_error": errors,
@@ -69,6 +69,8 @@ def _sparsity(found: dict | None) -> dict | None:
 
 def _bits(layers: list[dict], only_budget: bool) -> float:
     chosen = [r for r in layers if r["in_budget"] or not only_budget]
+    if not chosen:  # nothing quantized (a pruning-only recipe): the weights stay FP32
+        return 32.0
     return average_bits({r["name"]: r["bits"] for r in chosen}, {r["name"]: r["params"] for r in chosen})
 
 

@@ -2,6 +2,7 @@
 compressed checkpoint built once per test session (the slow part of the suite)."""
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -101,4 +102,21 @@ def tiny_bert_dir(minilm_dir, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny-bert")
     BertModel(config).eval().save_pretrained(path)
     AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(path)
+    return path
+
+
+TINY_STS_PAIRS = 20
+
+
+@pytest.fixture(scope="session")
+def tiny_sts(packaged_sentences, tmp_path_factory):
+    """20 labelled pairs of distinct sentences in the 'sentence1<TAB>sentence2<TAB>score' layout (no two
+    pairs with the same cosine, so rank ties cannot make runtimes disagree)."""
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("eval") / "tiny-sts.tsv"
+    rows = []
+    for i in range(TINY_STS_PAIRS):
+        a, b = packaged_sentences[2 * i], packaged_sentences[2 * i + 1]
+        rows.append(f"{a}\t{b}\t{rng.uniform(0, 5):.2f}")
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return path

@@ -1,6 +1,5 @@
 """compressor.cli: exit codes, one-line errors, compare reports, compress --overwrite."""
 import json
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -130,23 +129,6 @@ def test_export_tensorrt_engine_without_tensorrt(capsys, compressed_dir, tmp_pat
     assert not out.exists()
 
 
-TINY_STS_PAIRS = 20
-
-
-@pytest.fixture(scope="module")
-def tiny_sts(packaged_sentences, tmp_path_factory):
-    """20 labelled pairs of distinct sentences in the 'sentence1<TAB>sentence2<TAB>score' layout (no two
-    pairs with the same cosine, so rank ties cannot make runtimes disagree)."""
-    rng = random.Random(0)
-    path = tmp_path_factory.mktemp("eval") / "tiny-sts.tsv"
-    rows = []
-    for i in range(TINY_STS_PAIRS):
-        a, b = packaged_sentences[2 * i], packaged_sentences[2 * i + 1]
-        rows.append(f"{a}\t{b}\t{rng.uniform(0, 5):.2f}")
-    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    return path
-
-
 def reference_spearman(handle, tiny_sts) -> float:
     """STS Spearman x100 from the model's own PyTorch embeddings, ranked by scipy."""
     from scipy.stats import spearmanr
@@ -194,7 +176,7 @@ def test_compare_writes_report(capsys, minilm_dir, compressed_dir, fp32_handle, 
     assert not any(".partial" in p.name for p in tmp_path.iterdir())
 
     report = json.loads((report_dir / "report.json").read_text())
-    assert report["kind"] == "encoder" and report["fidelity_sentences"] == 2 * TINY_STS_PAIRS
+    assert report["kind"] == "encoder" and report["fidelity_sentences"] == 2 * len(tiny_sts.read_text().splitlines())
     assert report["task"] is not None
     assert report["latency_setup"]["batch"] == 4 and report["latency_setup"]["length"] == 32
     assert report["latency_setup"]["repeats"] == 2
@@ -228,8 +210,12 @@ def test_compare_writes_report(capsys, minilm_dir, compressed_dir, fp32_handle, 
     assert compressed["bits_per_weight"] == pytest.approx(bits, abs=1e-3)
 
     md = (report_dir / "report.md").read_text()
-    assert md.startswith("| model | recipe | bits/weight | Spearman | Δ | cos to original | latency ms |")
-    assert f"| {compressed_dir.name} | int8 | {bits:.2f} | {compressed['spearman']:.2f} |" in md
+    # MiniLM: 6 blocks of query/key/value/output (384 × 384) and two FFN Linears (384 × 1536)
+    assert original["linear_macs_per_token"] == compressed["linear_macs_per_token"] == 6 * (4 * 384**2 + 2 * 384 * 1536)
+    assert compressed["macs_ratio"] == 1.0 and compressed["sparsity_pattern"] is None
+    assert md.startswith("| model | recipe | bits/weight | MACs × | sparsity | Spearman | Δ | cos to original | latency ms |")
+    assert f"| {compressed_dir.name} | int8 | {bits:.2f} | 1.00 | – | {compressed['spearman']:.2f} |" in md
+    assert "Sparsity does not make a CPU faster" not in md
     assert "MatMulIntegerToFloat INT8 kernel" in md
     png = (report_dir / "report.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
@@ -256,7 +242,7 @@ def test_compare_labelled_file_with_a_malformed_line_is_an_error(capsys, minilm_
                  "--report", str(tmp_path / "report")])
     assert code == 2
     line = assert_one_line_error(capsys, f"{broken}:5:", "expected an STS Benchmark row")
-    assert f"other {TINY_STS_PAIRS} lines are labelled pairs" in line
+    assert f"other {len(lines)} lines are labelled pairs" in line
     assert not (tmp_path / "report").exists()
 
 

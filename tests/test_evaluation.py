@@ -109,10 +109,10 @@ def test_image_classification_report_columns():
                           "top1_agreement": 0.75, "latency_ms": 1.0, "latency_ratio": 0.5, "weights_bytes": 1e6,
                           "size_ratio": 0.25}]}
     table = markdown_table(report).splitlines()
-    assert table[0] == ("| model | recipe | bits/weight | top-1 % | agreement % | latency ms | latency × | "
-                        "weights MB | size × |")
-    assert table[2] == "| original | fp32 | 32.00 | 25.00 | 100.00 | 2.00 | 1.00 | 4.00 | 1.00 |"
-    assert table[3] == "| int8 | int8 | 8.06 | 50.00 | 75.00 | 1.00 | 0.50 | 1.00 | 0.25 |"
+    assert table[0] == ("| model | recipe | bits/weight | MACs × | sparsity | top-1 % | agreement % | latency ms | "
+                        "latency × | weights MB | size × |")
+    assert table[2] == "| original | fp32 | 32.00 | 1.00 | – | 25.00 | 100.00 | 2.00 | 1.00 | 4.00 | 1.00 |"
+    assert table[3] == "| int8 | int8 | 8.06 | 1.00 | – | 50.00 | 75.00 | 1.00 | 0.50 | 1.00 | 0.25 |"
     assert "batch 8, 2 threads" in markdown_table(report)
     assert report_files(report) == ["report.json", "report.md"]
 

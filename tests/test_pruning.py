@@ -89,6 +89,25 @@ def test_ridge_reconstruction_fits_and_refuses_to_make_things_worse():
     assert report["check_errors"]["1e-06"] > report["check_error_before"]
 
 
+def test_pooled_error_scores_the_pooled_vector_and_falls_back_to_tokens():
+    from types import SimpleNamespace
+
+    from compressor.passes.fallback import output_error, pooled_error
+
+    out = torch.tensor([[[1.0, 0.0], [3.0, 0.0]]])  # one input, two tokens; pooled: [2, 0]
+    ref = torch.tensor([[[2.0, 0.0], [2.0, 2.0]]])  # pooled: [2, 1]
+    batch = {"mask": torch.ones(1, 2, dtype=torch.bool)}
+    tokens = SimpleNamespace(forward=lambda _model, _batch: out, token_mask=lambda b: b["mask"])
+    handle = SimpleNamespace(model=None, adapter=tokens)
+    # token error: (1 + 1 + 4) / (4 + 4 + 4)
+    assert output_error(handle, [batch], [ref]) == pytest.approx(6 / 12)
+    assert pooled_error(handle, [batch], [ref]) == pytest.approx(6 / 12)
+    pooled = SimpleNamespace(**vars(tokens), pool=lambda hidden, _batch: hidden.mean(1))
+    handle = SimpleNamespace(model=None, adapter=pooled)
+    # pooled error: |[2, 0] - [2, 1]|^2 / |[2, 1]|^2: token errors of opposite sign cancel
+    assert pooled_error(handle, [batch], [ref]) == pytest.approx(1 / 5)
+
+
 # --- structured pruning --------------------------------------------------------------------------
 
 
@@ -113,6 +132,19 @@ def test_structured_pruning_meets_the_budget_and_shrinks_shapes(pruned):
         assert model.get_submodule(f"encoder.layer.{i}.attention.output.dense").in_features == attention.all_head_size
 
 
+def test_per_kind_ratio_removes_only_that_kind(tiny_bert_dir, calib_file, tmp_path):
+    handle = run(tiny_bert_dir, calib_file, tmp_path / "out",
+                 [{"prune_structured": {"ratios": {"channels": 0.5}, "rounds": 1, "min_channels": 4}}])
+    record = handle.info["passes"][0]
+    assert record["removed"]["heads"] == 0 and record["budget"] == {"ratios": {"channels": 0.5}}
+    channels = {n: u for n, u in record["units"].items() if n.endswith(".ffn")}
+    assert sum(u["kept"] for u in channels.values()) <= 0.5 * sum(u["of"] for u in channels.values())
+    for i in range(2):
+        assert handle.model.get_submodule(f"encoder.layer.{i}.attention.self").query.out_features == 64
+        kept = record["units"][f"encoder.layer.{i}.ffn"]["kept"]
+        assert handle.model.get_submodule(f"encoder.layer.{i}.output.dense").in_features == kept
+
+
 def test_structured_pruning_reloads_smaller_and_identical(pruned):
     handle, out = pruned
     reloaded = load_compressed(out)
@@ -131,6 +163,30 @@ def test_structured_pruning_onnx_matches_pytorch(pruned, target, tmp_path):
     inputs = reloaded.tokenize(SENTENCES, 32)
     got = session.run(None, {k: v.numpy() for k, v in inputs.items()})[0]
     np.testing.assert_allclose(got, outputs(reloaded).numpy(), atol=2e-4)
+
+
+def test_compare_reports_macs_and_sparsity(pruned, sparse_float, tiny_bert_dir, tiny_sts, tmp_path):
+    import json
+    import shutil
+
+    structured, sparse = tmp_path / "structured", tmp_path / "sparse"
+    shutil.copytree(pruned[1], structured)
+    shutil.copytree(sparse_float[1], sparse)
+    assert main(["compare", str(tiny_bert_dir), str(structured), str(sparse), "--eval-data", str(tiny_sts),
+                 "--report", str(tmp_path / "report"), "--repeats", "1", "--batch", "2", "--length", "16"]) == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    rows = {row["model"]: row for row in report["models"]}
+    record = pruned[0].info["passes"][0]
+    assert rows["structured"]["pruned"] and not rows["sparse"]["pruned"]
+    assert rows["original"]["linear_macs_per_token"] == record["macs_per_token_before"]
+    assert rows["structured"]["linear_macs_per_token"] == record["macs_per_token_after"]
+    assert rows["structured"]["macs_ratio"] == pytest.approx(record["kept_macs"], abs=1e-4)
+    # 2:4 on every Linear: half of all weights are zero, and no MAC is saved
+    assert rows["sparse"]["sparsity_pattern"] == "2:4" and rows["sparse"]["sparsity"] == 0.5
+    assert rows["sparse"]["macs_ratio"] == 1.0 and rows["original"]["sparsity_pattern"] is None
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| sparse | test | 32.00 | 1.00 | 2:4 (50%) |" in md
+    assert "Sparsity does not make a CPU faster" in md
 
 
 def test_keep_macs_flag_errors_exit_2(tiny_bert_dir, tmp_path, capsys):

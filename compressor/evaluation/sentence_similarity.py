@@ -107,6 +107,14 @@ class SentenceSimilarity(TaskEvaluator):
         plot_report(report, out / "report.png")
 
 
+MARKERS = {"dense": "o", "structured pruning": "^", "sparse": "s"}
+
+
+def model_kind(row: dict) -> str:
+    """How a model was pruned, for its marker: heads/channels removed, zeros kept dense, or neither."""
+    return "structured pruning" if row.get("pruned") else "sparse" if row.get("sparsity_pattern") else "dense"
+
+
 def plot_report(report: dict, path: Path) -> None:
     """Accuracy against size and against latency, with the Pareto frontier of each."""
     import matplotlib
@@ -120,8 +128,11 @@ def plot_report(report: dict, path: Path) -> None:
     fig, (size_ax, latency_ax) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
     for ax, key in ((size_ax, "weights_bytes"), (latency_ax, "latency_ratio")):
         xs = [row[key] / 1e6 if key == "weights_bytes" else row[key] for row in rows]
+        labelled = set()
         for row, x, y in zip(rows, xs, accuracy):
-            ax.scatter(x, y, s=40)
+            kind = model_kind(row)
+            ax.scatter(x, y, s=40, marker=MARKERS[kind], label=None if kind in labelled else kind)
+            labelled.add(kind)
             ax.annotate(row["model"], (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
         frontier = pareto_frontier(xs, accuracy)
         ax.plot([xs[i] for i in frontier], [accuracy[i] for i in frontier], "--", color="gray", lw=1, label="frontier")

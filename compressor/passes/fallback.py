@@ -22,6 +22,20 @@ def output_error(handle, batches: list[dict], references: list[torch.Tensor]) ->
     return num / max(den, 1e-12)
 
 
+def pooled_error(handle, batches: list[dict], references: list[torch.Tensor]) -> float:
+    """Relative squared error of what the user consumes, where the adapter pools the output into one
+    vector per input (a sentence embedding); the token-level ``output_error`` otherwise."""
+    pool = getattr(handle.adapter, "pool", None)
+    if pool is None:
+        return output_error(handle, batches, references)
+    num = den = 0.0
+    for batch, ref in zip(batches, references):
+        out, ref = pool(handle.adapter.forward(handle.model, batch), batch), pool(ref, batch)
+        num += float((out - ref).pow(2).sum())
+        den += float(ref.pow(2).sum())
+    return num / max(den, 1e-12)
+
+
 def apply_fallback(
     handle,
     originals: dict[str, nn.Linear],
