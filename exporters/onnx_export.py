@@ -28,8 +28,10 @@ from compressor.errors import CompressorError
 from compressor.model import ModelHandle
 from compressor.quant_linear import QuantLinear
 from exporters.atomic import atomic_file
+from exporters.cpu_features import default_int8_weights
 from exporters.onnx_lowbit import (
     DOMAIN,
+    integer_gemm,
     lower_quant_linears,
     quant_linear_export_fn,
     runtime_kernels,  # noqa: F401 (reports import it from here)
@@ -50,10 +52,20 @@ class _Graph(nn.Module):
         return self.adapter.forward(self.model, dict(zip(self.input_names, inputs)))
 
 
-def export_onnx(handle: ModelHandle, output: str | Path, target: str = "onnxruntime", overwrite: bool = False) -> Path:
-    """Write ``handle``'s model as ONNX for ``target`` with the adapter's dynamic axes (batch, sequence)."""
+INT8_WEIGHTS = ("auto", "int8", "uint8")
+
+
+def export_onnx(handle: ModelHandle, output: str | Path, target: str = "onnxruntime", overwrite: bool = False,
+                int8_weights: str = "auto") -> Path:
+    """Write ``handle``'s model as ONNX for ``target`` with the adapter's dynamic axes (batch, sequence).
+    ``int8_weights``: how W8A8 layers feed ONNX Runtime's integer GEMM ("int8": u8·s8, fast on CPUs with
+    int8 dot products; "uint8": u8·u8, exact on AVX2; "auto": what this CPU favours)."""
     if target not in TARGETS:
         raise CompressorError(f"unknown export target '{target}'; choose one of: {', '.join(TARGETS)}")
+    if int8_weights not in INT8_WEIGHTS:
+        raise CompressorError(f"unknown int8 weight type '{int8_weights}'; choose one of: {', '.join(INT8_WEIGHTS)}")
+    if int8_weights == "auto":
+        int8_weights = default_int8_weights()
     output = Path(output)
     input_names = handle.adapter.input_names(handle.tokenizer)
     output_names = list(handle.adapter.output_names)
@@ -85,9 +97,11 @@ def export_onnx(handle: ModelHandle, output: str | Path, target: str = "onnxrunt
             graph = onnx.load(str(scratch))
             fold_static_squeezes(graph)
             if quant:
-                graph = lower_quant_linears(graph, quant, target)
+                graph = lower_quant_linears(graph, quant, target, int8_weights)
             graph.producer_name = "compressor"
             graph.doc_string = f"target={target}"
+            if target == "onnxruntime" and any(integer_gemm(layer, target) for layer in quant.values()):
+                helper.set_model_props(graph, {"int8_weights": int8_weights})
             onnx.checker.check_model(graph)
             onnx.save(graph, str(scratch))
     finally:

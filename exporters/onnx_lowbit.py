@@ -144,7 +144,7 @@ class _IntegerMatMul(torch.autograd.Function):
         return out
 
 
-def _integer_gemm(layer: QuantLinear, target: str) -> bool:
+def integer_gemm(layer: QuantLinear, target: str) -> bool:
     """W8A8 INT8 on ONNX Runtime runs the CPU provider's integer GEMM."""
     return target == "onnxruntime" and layer.format.name == "int8" and layer.scheme.activation == "int8"
 
@@ -159,7 +159,7 @@ def quant_linear_export_fn(target: str, key: str):
             h = hadamard_matrix(layer.rotation, x.dtype, x.device)  # only for the trace's numbers; lowered to an initializer
             x = _RotateInput.apply(x, h, layer.rotation, x.dim(), key)
         activation = layer.scheme.activation
-        if _integer_gemm(layer, target):
+        if integer_gemm(layer, target):
             return _IntegerMatMul.apply(x, layer.dequantized_weight(), layer.bias, layer.input_scale, key)
         if activation == "int8":
             x = _Int8InputQDQ.apply(x, layer.input_scale)
@@ -189,8 +189,8 @@ def _pack_flat(codes: torch.Tensor) -> torch.Tensor:
 
 
 class _Lowering:
-    def __init__(self, model: onnx.ModelProto, layers: dict[str, QuantLinear], target: str):
-        self.model, self.layers, self.target = model, layers, target
+    def __init__(self, model: onnx.ModelProto, layers: dict[str, QuantLinear], target: str, int8_weights: str = "uint8"):
+        self.model, self.layers, self.target, self.int8_weights = model, layers, target, int8_weights
         self.nodes: list[onnx.NodeProto] = []
         self.domains: set[str] = set()
         self.names = {init.name for init in model.graph.initializer}
@@ -289,16 +289,21 @@ class _Lowering:
 
     def _integer_matmul(self, key: str, layer: QuantLinear, x: str, bias: str, out: str) -> None:
         """QuantizeLinear (uint8, zero point 128: the grid of symmetric int8 shifted) feeding
-        ``com.microsoft::MatMulIntegerToFloat`` with the [in, out] weight, its scales and the bias."""
+        ``com.microsoft::MatMulIntegerToFloat`` with the [in, out] weight, its scales and the bias.
+        The weight goes in as int8 (u8·s8 kernels) or shifted to uint8 with zero point 128 (u8·u8,
+        the same numbers), as ``int8_weights`` says (see exporters/cpu_features.py)."""
         self.domains.add("com.microsoft")
         scale = self.array(f"{key}.input_scale", layer.input_scale.reshape(()))
         zero = self.array(f"{key}.input_zero_point", torch.tensor(128, dtype=torch.uint8))
         xq = self.node("QuantizeLinear", [x, scale, zero], f"{key}.input_uint8")
         t = layer.stored_weight()
-        # The weight goes in shifted to uint8 with zero point 128 (the same numbers): the CPU's u8·s8
-        # kernels on AVX2 sum pairs of products in int16 and saturate, its u8·u8 kernels do not.
-        w_t = self.array(f"{key}.weight", (t["values"].t().to(torch.int16) + 128).to(torch.uint8))
-        inputs = [xq, w_t, scale, self.array(f"{key}.weight_scale", t["scale"]), zero, zero]
+        if self.int8_weights == "int8":
+            w_t = self.array(f"{key}.weight", t["values"].t().to(torch.int8).contiguous())
+            w_zero = self.array(f"{key}.weight_zero_point", torch.tensor(0, dtype=torch.int8))
+        else:
+            w_t = self.array(f"{key}.weight", (t["values"].t().to(torch.int16) + 128).to(torch.uint8))
+            w_zero = zero
+        inputs = [xq, w_t, scale, self.array(f"{key}.weight_scale", t["scale"]), zero, w_zero]
         if bias:
             inputs.append(bias)
         self.nodes.append(helper.make_node("MatMulIntegerToFloat", inputs, [out], name=f"{key}.matmul_integer",
@@ -373,7 +378,8 @@ def _mxfp4_weight(low: _Lowering, key: str, layer, t, shape) -> str:
     return low.node("DequantizeLinear", [w, scale], f"{key}.weight_dq", axis=-1, block_size=block)
 
 
-def lower_quant_linears(model: onnx.ModelProto, layers: dict[str, QuantLinear], target: str) -> onnx.ModelProto:
+def lower_quant_linears(model: onnx.ModelProto, layers: dict[str, QuantLinear], target: str,
+                        int8_weights: str = "uint8") -> onnx.ModelProto:
     """Replace the ``compressor`` placeholders of ``layers`` (graph key → layer) by ``target``'s pattern.
 
     For TensorRT the model is first converted to opset 23 / IR 11 (returns a new ModelProto).
@@ -382,7 +388,7 @@ def lower_quant_linears(model: onnx.ModelProto, layers: dict[str, QuantLinear], 
     if target == "tensorrt" and any(layer.format.name != "int8" for layer in layers.values()):
         model = version_converter.convert_version(model, TRT_OPSET)
         model.ir_version = TRT_IR_VERSION
-    _Lowering(model, layers, target).run()
+    _Lowering(model, layers, target, int8_weights).run()
     return model
 
 
@@ -397,7 +403,7 @@ _ORT_DQ = "float MatMul on INT8 weights dequantized in the graph (DequantizeLine
 def _kernel(layer: nn.Module, target: str) -> str | None:
     if not isinstance(layer, QuantLinear):
         return None
-    if _integer_gemm(layer, target):
+    if integer_gemm(layer, target):
         return _ORT_INT8
     weight, activation = layer.format.name, layer.scheme.activation
     if target == "onnxruntime":
