@@ -2,17 +2,21 @@
 
     python benchmarks/pruning_minilm.py [--keep-macs 0.6] [--repeats 20] [--output FILE]
 
-Calibration: 256 sentences from the calibration half of STS-B dev (benchmarks/heldout.py); Spearman
-x100 on the other 750 pairs, in PyTorch. Latency: ONNX Runtime CPU, batch 32, length 128, 2 threads,
+Calibration: as many sentences as each preset calibrates on (256; 1024 for the 2:4 presets) from the
+calibration half of STS-B dev (benchmarks/heldout.py); Spearman x100 on the other 750 pairs, in
+PyTorch. Latency: ONNX Runtime CPU, batch 32, length 128, 2 threads,
 median of interleaved runs after warm-up, every graph in one session set (FP32, structured FP32,
-structured INT8 for the onnxruntime target, 2:4 FP32). The 2:4 graphs of both targets are checked
-along the axis TensorRT reads as input channels. Sizes: bytes of the sparse Linear weights in the
+structured INT8 and unpruned INT8 for the onnxruntime target with uint8 and with int8 weights,
+2:4 FP32; `benchmarks/onnx_latency.py` times the same graphs on another CPU); the INT8 graphs are also
+scored in ONNX Runtime on this CPU. The 2:4 graphs of both targets are checked along the axis TensorRT
+reads as input channels. Sizes: bytes of the sparse Linear weights in the
 checkpoint against their dense FP32 bytes. Writes benchmarks/results/pruning_minilm.json.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -26,16 +30,20 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.heldout import split_sts  # noqa: E402
 from calibrators.data import sample_sentences  # noqa: E402
 from compressor.evaluation.metrics import sts_spearman  # noqa: E402
-from compressor.evaluation.onnx_runner import latency_feeds, median_latencies  # noqa: E402
+from compressor.evaluation.onnx_runner import latency_feeds, median_latencies, onnx_embed  # noqa: E402
 from compressor.model import default_model_dir, load_model  # noqa: E402
 from compressor.pipeline import compress_model  # noqa: E402
 from compressor.recipe import load_recipe  # noqa: E402
 from exporters.checkpoint import save_compressed  # noqa: E402
+from exporters.cpu_features import cpu_description  # noqa: E402
 from exporters.onnx_export import export_onnx, onnx_session  # noqa: E402
 from exporters.sparsity_check import check_nm_sparsity  # noqa: E402
 
-PRESETS = ["prune-structured", "prune-structured-int8", "sparse24", "sparse24-int8", "sparse24-w4a16-nvfp4"]
-LATENCY = {"prune-structured": "onnxruntime", "prune-structured-int8": "onnxruntime", "sparse24": "onnxruntime"}
+PRESETS = ["prune-structured", "prune-structured-int8", "sparse24", "sparse24-int8", "sparse24-w4a16-nvfp4", "int8"]
+# timed graphs; unpruned int8 is there to show what this CPU's INT8 kernels give on their own
+LATENCY = {"prune-structured": "onnxruntime", "prune-structured-int8": "onnxruntime", "sparse24": "onnxruntime",
+           "int8": "onnxruntime"}
+
 
 
 def spearman(handle, pairs) -> float:
@@ -61,11 +69,11 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=PRESETS)
     parser.add_argument("--keep-macs", type=float, default=0.6)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--save-graphs", help="also keep the timed ONNX graphs in this folder")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "pruning_minilm.json"))
     args = parser.parse_args()
     torch.set_num_threads(2)
     calib_pool, pairs = split_sts()
-    calib = sample_sentences(calib_pool, 256)
     fp32 = load_model(default_model_dir())
     base = spearman(fp32, pairs)
     results = {"model": "all-MiniLM-L6-v2", "eval": f"STS-B dev, {len(pairs.scores)} held-out pairs",
@@ -79,6 +87,7 @@ def main() -> None:
             prune = recipe.find("prune_structured")
             if prune is not None:
                 prune.config.keep_macs = args.keep_macs
+            calib = sample_sentences(calib_pool, recipe.calibration.calib_samples, recipe.calibration.seed)
             handle = load_model(default_model_dir())
             record = compress_model(handle, calib, recipe)
             record.update(source=str(default_model_dir()),
@@ -101,6 +110,14 @@ def main() -> None:
                     row["two_four_check"][target] = {"sparse": sum(r["sparse"] for r in checked), "weights": len(checked)}
                     if name in LATENCY and target == LATENCY[name]:
                         graphs[name] = graph
+            elif name.endswith("int8"):  # both forms of the integer GEMM's weights (exporters/cpu_features.py)
+                row["onnxruntime_spearman"] = {}
+                for weights, kernel in (("uint8", "u8u8"), ("int8", "u8s8")):
+                    graph = export_onnx(handle, scratch / f"{name}-{kernel}.onnx", "onnxruntime", int8_weights=weights)
+                    graphs[f"{name} {kernel}"] = graph
+                    session = onnx_session(graph)
+                    row["onnxruntime_spearman"][kernel] = sts_spearman(
+                        onnx_embed(session, handle, pairs.first), onnx_embed(session, handle, pairs.second), pairs.scores)
             elif name in LATENCY:
                 graphs[name] = export_onnx(handle, scratch / f"{name}.onnx", LATENCY[name])
             results["presets"][name] = row
@@ -110,10 +127,15 @@ def main() -> None:
         latency = median_latencies(sessions, feeds, repeats=args.repeats)
         results["latency"] = {
             "setup": f"ONNX Runtime CPU, batch 32, length 128, 2 threads, median of {args.repeats} interleaved runs",
+            "cpu": cpu_description(),
             "ms": {k: round(v * 1000, 1) for k, v in latency.items()},
             "ratio_to_fp32": {k: round(v / latency["fp32"], 3) for k, v in latency.items()},
         }
         print(results["latency"], flush=True)
+        if args.save_graphs:
+            Path(args.save_graphs).mkdir(parents=True, exist_ok=True)
+            for name, graph in graphs.items():
+                shutil.copy(graph, Path(args.save_graphs) / f"{name.replace(' ', '-')}.onnx")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(results, indent=2), encoding="utf-8")
 
