@@ -54,8 +54,26 @@ def _sensitivity_cell(layer: dict) -> str:
     return " ".join(f"{scheme}={value:.2e}" for scheme, value in sensitivity.items() if scheme != "float")
 
 
+def pruning_lines(record: dict) -> list[str]:
+    """One line per pruning pass: what was removed or zeroed."""
+    lines = []
+    for step in record.get("passes", []):
+        if step.get("pass") == "prune_structured":
+            removed = step["removed"]
+            lines.append(f"structured pruning: {removed['heads']} heads and {removed['channels']} channels removed; "
+                         f"{step['kept_macs']:.3f} of the Linear MACs kept")
+        elif step.get("pass") == "sparsify":
+            dense = f"; {len(step['dense'])} kept dense" if step.get("dense") else ""
+            lines.append(f"sparsity: {step['pattern']} by {step['method']} on {len(step['sparsity'])} layers, "
+                         f"{step['overall']:.1%} of the eligible weights zero{dense}")
+    return lines
+
+
 def plan_table(record: dict) -> str:
-    lines = [f"{'layer':<44} {'format':<12} {'bits':>5} {'input amax':>10} {'alpha':>5}  {'sensitivity':<30} note"]
+    if not record["layers"]:  # nothing quantized
+        return "\n".join(pruning_lines(record))
+    lines = [*pruning_lines(record),
+             f"{'layer':<44} {'format':<12} {'bits':>5} {'input amax':>10} {'alpha':>5}  {'sensitivity':<30} note"]
     for layer in record["layers"]:
         alpha = "-" if layer["smoothing_alpha"] is None else f"{layer['smoothing_alpha']:.2f}"
         lines.append(

@@ -189,6 +189,16 @@ def test_compare_reports_macs_and_sparsity(pruned, sparse_float, tiny_bert_dir, 
     assert "Sparsity does not make a CPU faster" in md
 
 
+def test_compress_summary_names_what_was_pruned(pruned, sparse_float):
+    from compressor.cli import plan_table
+
+    record = pruned[0].info["passes"][0]
+    removed = record["removed"]
+    assert plan_table(pruned[0].info) == (f"structured pruning: {removed['heads']} heads and {removed['channels']} "
+                                          f"channels removed; {record['kept_macs']:.3f} of the Linear MACs kept")
+    assert plan_table(sparse_float[0].info) == "sparsity: 2:4 by sparsegpt on 12 layers, 50.0% of the eligible weights zero"
+
+
 def test_keep_macs_flag_errors_exit_2(tiny_bert_dir, tmp_path, capsys):
     bad = main(["compress", str(tiny_bert_dir), "--recipe", "prune-structured", "--keep-macs", "1.5",
                 "--output", str(tmp_path / "a")])
