@@ -120,3 +120,26 @@ def tiny_sts(packaged_sentences, tmp_path_factory):
         rows.append(f"{a}\t{b}\t{rng.uniform(0, 5):.2f}")
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def onnx_export_cache(tmp_path_factory):
+    """``onnx_export_cache(prefix, build)`` → ``get(case, target)`` → (handle, ModelProto, path), building the
+    handle with ``build(case)`` and exporting each (case, target) once."""
+    import onnx
+
+    from exporters.onnx_export import export_onnx
+
+    def make(prefix, build):
+        root, cache = tmp_path_factory.mktemp(prefix), {}
+
+        def get(case, target):
+            if (case, target) not in cache:
+                handle = build(case)
+                path = export_onnx(handle, root / f"{case}-{target}.onnx", target)
+                cache[case, target] = handle, onnx.load(str(path)), path
+            return cache[case, target]
+
+        return get
+
+    return make

@@ -87,18 +87,9 @@ def batch(tiny):
 
 
 @pytest.fixture(scope="module")
-def exports(tiny, tmp_path_factory):
+def exports(tiny, onnx_export_cache):
     """(case, target) → (handle, exported ModelProto, path), exported once per module."""
-    root, cache = tmp_path_factory.mktemp("lowbit"), {}
-
-    def get(case, target):
-        if (case, target) not in cache:
-            handle = quant_handle(tiny, case)
-            path = export_onnx(handle, root / f"{case}-{target}.onnx", target)
-            cache[case, target] = handle, onnx.load(str(path)), path
-        return cache[case, target]
-
-    return get
+    return onnx_export_cache("lowbit", lambda case: quant_handle(tiny, case))
 
 
 def torch_output(handle, batch) -> np.ndarray:

@@ -20,7 +20,7 @@ from compressor.files import load_tokenizer
 from compressor.model import ModelHandle
 from compressor.numerics.hadamard import hadamard_matrix, rotated_amax_bound
 from compressor.quant_linear import QuantLinear
-from exporters.onnx_export import export_onnx, onnx_session
+from exporters.onnx_export import onnx_session
 from exporters.onnx_lowbit import reference_ops
 
 SENTENCES = ["a short one", "a rather longer sentence, so that the batch has padding in it", "third"]
@@ -78,17 +78,8 @@ def rotated_handle(tiny, case: str) -> ModelHandle:
 
 
 @pytest.fixture(scope="module")
-def exports(tiny, tmp_path_factory):
-    root, cache = tmp_path_factory.mktemp("rotation"), {}
-
-    def get(case, target):
-        if (case, target) not in cache:
-            handle = rotated_handle(tiny, case)
-            path = export_onnx(handle, root / f"{case}-{target}.onnx", target)
-            cache[case, target] = handle, onnx.load(str(path)), path
-        return cache[case, target]
-
-    return get
+def exports(tiny, onnx_export_cache):
+    return onnx_export_cache("rotation", lambda case: rotated_handle(tiny, case))
 
 
 def feeds(batch):
