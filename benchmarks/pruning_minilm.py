@@ -1,6 +1,7 @@
 """Pruning presets on all-MiniLM-L6-v2: accuracy on held-out STS-B pairs, ONNX latency, 2:4 checks, size.
 
-    python benchmarks/pruning_minilm.py [--keep-macs 0.6] [--repeats 20] [--output FILE]
+    python benchmarks/pruning_minilm.py [--presets P ...] [--keep-macs 0.6] [--calib-samples N] [--repeats 20]
+                                        [--save-graphs DIR] [--output FILE]
 
 Calibration: as many sentences as each preset calibrates on (256; 1024 for the 2:4 presets) from the
 calibration half of STS-B dev (benchmarks/heldout.py); Spearman x100 on the other 750 pairs, in
@@ -69,6 +70,7 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=PRESETS)
     parser.add_argument("--keep-macs", type=float, default=0.6)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--calib-samples", type=int, help="calibrate every preset on this many sentences instead")
     parser.add_argument("--save-graphs", help="also keep the timed ONNX graphs in this folder")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "pruning_minilm.json"))
     args = parser.parse_args()
@@ -87,7 +89,8 @@ def main() -> None:
             prune = recipe.find("prune_structured")
             if prune is not None:
                 prune.config.keep_macs = args.keep_macs
-            calib = sample_sentences(calib_pool, recipe.calibration.calib_samples, recipe.calibration.seed)
+            samples = args.calib_samples or recipe.calibration.calib_samples
+            calib = sample_sentences(calib_pool, samples, recipe.calibration.seed)
             handle = load_model(default_model_dir())
             record = compress_model(handle, calib, recipe)
             record.update(source=str(default_model_dir()),

@@ -169,7 +169,8 @@ PRESETS: dict[str, list] = {
 
 # Calibration a preset needs beyond the defaults. SparseGPT removes half the weights and moves their
 # work onto the rest by the inverse Hessian, which needs more tokens than rounding does: on MiniLM,
-# 2:4 lost 0.57 Spearman calibrated on 256 sentences and 0.24 on 1024 (held-out pairs).
+# 2:4 lost 0.57 Spearman calibrated on 256 sentences and 0.24 on 1024 (held-out pairs;
+# benchmarks/pruning_minilm.py --presets sparse24 [--calib-samples 256]).
 PRESET_CALIBRATION: dict[str, dict] = {
     name: {"calib_samples": 1024} for name in ("sparse24", "sparse24-int8", "sparse24-w4a16-nvfp4")
 }

@@ -6,9 +6,8 @@ scores mislead: removing a block's outlier-writing FFN channels shifts every lat
 linearized (Fisher) score on MiniLM put at a tenth of its measured effect and which cost 1.5
 Spearman against 0.55 for a uniform cut. So each group's model output error is measured at several
 kept fractions, with the rest of the model intact, on what the user consumes (the pooled sentence
-embedding where the adapter pools: token-level error put MiniLM's loss at 0.64 Spearman against 0.26
-at the same budget), and the levels with the least total error within
-the budget are chosen by the multiple-choice knapsack the precision search uses (heads and channels
+embedding where the adapter pools, which is what similarity is scored on), and the levels with the
+least total error within the budget are chosen by the multiple-choice knapsack the precision search uses (heads and channels
 compete for the same MACs). Then the units are removed physically and each consumer Linear is refit
 by regularized least squares, checked on calibration batches the fit did not see (reconstruct.py).
 """
