@@ -184,9 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(prune-structured presets; default 0.6)")
     p.add_argument("--calib-data", help="text models: a file of sentences, or a TSV such as STS-B (default: packaged "
                    "sentences); class-conditional DiTs: a JSON file {\"class_labels\": [...], \"seed\": 0} "
-                   "(default: every class in turn, seed 0)")
+                   "(default: every class in turn, seed 0); ViTs: an ImageFolder directory (one folder per class, "
+                   "named as the model's labels) or IDX image files, whose last 1,000 images calibration never reads")
     p.add_argument("--num-samples", type=int,
-                   help="calibration sentences (default 256) or DiT calibration images (default 64) to use")
+                   help="calibration sentences or ViT images (default 256), or DiT calibration images (default 64)")
     p.add_argument("--output", required=True, help="output directory (written atomically)")
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     p.set_defaults(run=_compress)
@@ -218,7 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("compressed", nargs="+", help="compressed checkpoint directories")
     p.add_argument("--eval-data", help="text models: STS-style TSV (Spearman + fidelity) or plain sentences "
                    "(fidelity); DiTs: IDX image data (a directory holding *images-idx3-ubyte*, as MNIST ships) "
-                   "whose last 1,000 images are the real images for the Fréchet distance")
+                   "whose last 1,000 images are the real images for the Fréchet distance; ViTs: an ImageFolder "
+                   "directory, or IDX images and labels, of which the last 1,000 are scored (top-1 accuracy and "
+                   "agreement)")
     p.add_argument("--report", required=True, help="report directory: report.json, report.md and report.png "
                    "(samples.png for DiTs)")
     p.add_argument("--judge", help="DiTs: judge classifier for class accuracy and Fréchet distance, a TorchScript "

@@ -92,7 +92,7 @@ def compare(
     check_can_write(report_dir, overwrite)
     original = load_any(model_dir)
     if evaluator is None:
-        evaluator = evaluator_for(original.adapter.kind, CompareOptions(eval_data=eval_data, **settings))
+        evaluator = evaluator_for(original.adapter.kind, CompareOptions(eval_data=eval_data, model_dir=model_dir, **settings))
     for path in compressed_dirs:
         if not is_compressed_checkpoint(path):
             raise CompressorError(f"{path} is not a compressed checkpoint (run compressor compress first)")
@@ -120,6 +120,7 @@ def compare(
     base = rows[0]
     for row in rows:
         row[evaluator.latency_key] = latency[row["model"]] * 1000
+        row.update(evaluator.latency_metrics(latency[row["model"]]))
         row["latency_ratio"] = latency[row["model"]] / latency["original"]
         row["size_ratio"] = row["weights_bytes"] / base["weights_bytes"]
         row["macs_ratio"] = row["linear_macs_per_token"] / base["linear_macs_per_token"]

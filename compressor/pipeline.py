@@ -51,6 +51,8 @@ def run_recipe(handle: ModelHandle, calib: list[dict], sensitivity_batches: list
         "search": plan.search if plan is not None else None,
         "structure": context.shared.get("structure"),  # shapes after structured pruning, None when unpruned
         "sparsity": _sparsity(context.shared.get("sparsity")),
+        # settings a tokens-stage pass patched the model with; loading applies them again (compressor/reduction.py)
+        "token_reduction": context.shared.get("token_reduction"),
         "embeddings": context.shared.get("embeddings", []),
         "fallback": context.shared.get("fallback", []),
         "output_error": errors,

@@ -164,6 +164,11 @@ PRESETS: dict[str, list] = {
     "sparse24-int8": [{"sparsify": {"target": "2:4"}}, {"smoothquant": {}}, {"quantize": {"scheme": "int8", "observer": "mse"}},
                       {"fallback": {}}],
     "sparse24-w4a16-nvfp4": [{"sparsify": {"target": "2:4"}}, {"quantize": {"scheme": "w4a16-nvfp4", "rounding": "gptq"}}],
+    # Token merging (ToMe) for ViTs and BERT-family encoders: the most tokens merged per block (the same r
+    # in every block) that keeps the output error on the calibration inputs within the pass's budget.
+    "tome": [{"tome": {}}],
+    # W8A8, then merging searched against the original's outputs (the INT8 error counts in the budget).
+    "tome-int8": [*_W8A8, {"tome": {"max_error": 0.04}}],
 }
 
 

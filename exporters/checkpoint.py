@@ -15,6 +15,7 @@ from compressor.adapters import adapter_for_directory
 from compressor.files import check_checkpoint_dir, check_safetensors
 from compressor.model import ModelHandle
 from compressor.passes.plan import set_module
+from compressor.reduction import apply_reduction
 from compressor.structure import apply_structure
 from exporters.atomic import atomic_directory
 from exporters.sparse_storage import pack_sparse_state, unpack_sparse_state
@@ -135,7 +136,9 @@ def load_compressed(path: str | Path) -> ModelHandle:
     except RuntimeError as exc:
         raise CompressorError(f"{weights} does not match its record: {str(exc).splitlines()[0]}") from None
     model.eval()
-    return ModelHandle(model=model, tokenizer=tokenizer, adapter=adapter, source=path, info=record)
+    handle = ModelHandle(model=model, tokenizer=tokenizer, adapter=adapter, source=path, info=record)
+    apply_reduction(handle, record.get("token_reduction"))
+    return handle
 
 
 def module_entries(model) -> list[dict]:

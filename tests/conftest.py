@@ -143,3 +143,46 @@ def onnx_export_cache(tmp_path_factory):
         return get
 
     return make
+
+
+TINY_VIT_IMAGES = 1100  # IDX data: the first 100 calibrate, the last 1000 are the evaluation part
+
+
+def write_idx(path, array, type_code: int = 0x08, fmt: str = "B") -> None:
+    """The IDX layout written out by hand: 0, 0, type, ndim, then big-endian uint32 sizes and the values
+    (gzipped when the name ends in .gz)."""
+    import gzip
+    import struct
+
+    import numpy as np
+
+    array = np.asarray(array)
+    body = struct.pack(f">{array.size}{fmt}", *array.ravel().tolist())
+    data = bytes([0, 0, type_code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + body
+    with (gzip.open if str(path).endswith(".gz") else open)(path, "wb") as f:
+        f.write(data)
+
+
+@pytest.fixture(scope="session")
+def tiny_vit(tmp_path_factory):
+    """(checkpoint dir, IDX data dir): a random ViT classifier on 8×8 grey images (2×2 patches: 16 tokens +
+    CLS), its image processor, and 1,100 labelled images whose class is the brighter half of the image."""
+    import numpy as np
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=8, patch_size=2, num_channels=1, hidden_size=32, num_hidden_layers=2,
+                       num_attention_heads=2, intermediate_size=64, num_labels=2, id2label={0: "top", 1: "bottom"},
+                       label2id={"top": 0, "bottom": 1})
+    path = tmp_path_factory.mktemp("tiny-vit")
+    ViTForImageClassification(config).eval().save_pretrained(path)
+    ViTImageProcessor(size={"height": 8, "width": 8}, image_mean=[0.5], image_std=[0.5]).save_pretrained(path)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 120, (TINY_VIT_IMAGES, 8, 8))
+    labels = rng.integers(0, 2, TINY_VIT_IMAGES)
+    for image, label in zip(images, labels):
+        image[4 * label: 4 * label + 4] += 130
+    data = tmp_path_factory.mktemp("tiny-vit-data")
+    write_idx(data / "images-idx3-ubyte", images)
+    write_idx(data / "labels-idx1-ubyte", labels)
+    return path, data

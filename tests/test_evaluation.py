@@ -1,8 +1,6 @@
 """The compare harness's task evaluators on small inputs with hand-computed answers: image classification
 (top-1 accuracy and agreement from logits), reading labelled or plain eval text, IDX image files, and the
 report table a kind's columns make."""
-import gzip
-import struct
 from types import SimpleNamespace
 
 import numpy as np
@@ -10,6 +8,7 @@ import pytest
 import torch
 
 from calibrators.images import find_idx_files, load_idx_images, read_idx
+from conftest import write_idx
 from compressor.compare import markdown_table, report_files
 from compressor.errors import CompressorError
 from compressor.evaluation import evaluator_class
@@ -103,25 +102,27 @@ def test_image_classification_report_columns():
               "latency_setup": {"runtime": "onnxruntime CPUExecutionProvider", "batch": 8, "threads": 2,
                                 "repeats": 3, "statistic": "median"},
               "models": [{"model": "original", "recipe": "fp32", "bits_per_weight": 32.0, "top1_accuracy": 0.25,
-                          "top1_agreement": 1.0, "latency_ms": 2.0, "latency_ratio": 1.0, "weights_bytes": 4e6,
-                          "size_ratio": 1.0},
+                          "top1_agreement": 1.0, "images_per_second": 4000.0, "latency_ms": 2.0, "latency_ratio": 1.0,
+                          "weights_bytes": 4e6, "size_ratio": 1.0},
                          {"model": "int8", "recipe": "int8", "bits_per_weight": 8.0625, "top1_accuracy": 0.5,
-                          "top1_agreement": 0.75, "latency_ms": 1.0, "latency_ratio": 0.5, "weights_bytes": 1e6,
-                          "size_ratio": 0.25}]}
+                          "top1_agreement": 0.75, "images_per_second": 8000.0, "latency_ms": 1.0, "latency_ratio": 0.5,
+                          "weights_bytes": 1e6, "size_ratio": 0.25}]}
     table = markdown_table(report).splitlines()
-    assert table[0] == ("| model | recipe | bits/weight | MACs × | sparsity | top-1 % | agreement % | latency ms | "
-                        "latency × | weights MB | size × |")
-    assert table[2] == "| original | fp32 | 32.00 | 1.00 | – | 25.00 | 100.00 | 2.00 | 1.00 | 4.00 | 1.00 |"
-    assert table[3] == "| int8 | int8 | 8.06 | 1.00 | – | 50.00 | 75.00 | 1.00 | 0.50 | 1.00 | 0.25 |"
+    assert table[0] == ("| model | recipe | bits/weight | MACs × | sparsity | top-1 % | agreement % | images/s | "
+                        "latency ms | latency × | weights MB | size × |")
+    assert table[2] == "| original | fp32 | 32.00 | 1.00 | – | 25.00 | 100.00 | 4000 | 2.00 | 1.00 | 4.00 | 1.00 |"
+    assert table[3] == "| int8 | int8 | 8.06 | 1.00 | – | 50.00 | 75.00 | 8000 | 1.00 | 0.50 | 1.00 | 0.25 |"
     assert "batch 8, 2 threads" in markdown_table(report)
     assert report_files(report) == ["report.json", "report.md"]
 
 
-def test_image_classification_from_options_reads_idx(tmp_path):
-    write_idx(tmp_path / "x-images-idx3-ubyte", np.array([[[0, 255]], [[255, 0]]], dtype=np.uint8))
-    write_idx(tmp_path / "x-labels-idx1-ubyte", np.array([1, 0], dtype=np.uint8))
-    evaluator = ImageClassification.from_options(CompareOptions(eval_data=tmp_path, batch=4))
-    assert evaluator.images.tolist() == [[[[-1.0, 1.0]]], [[[1.0, -1.0]]]] and evaluator.labels.tolist() == [1, 0]
+def test_image_classification_from_options_reads_the_evaluation_part(tiny_vit):
+    model_dir, data = tiny_vit
+    evaluator = ImageClassification.from_options(CompareOptions(eval_data=data, model_dir=model_dir, batch=4))
+    raw = read_idx(data / "images-idx3-ubyte")[-1000:].astype(np.float32)
+    np.testing.assert_allclose(evaluator.images[:, 0].numpy(), raw / 127.5 - 1, atol=1e-6)
+    assert evaluator.labels.tolist() == read_idx(data / "labels-idx1-ubyte")[-1000:].tolist()
+    assert evaluator.latency_metrics(0.5) == {"images_per_second": 8.0}
     with pytest.raises(CompressorError, match="--eval-data is required"):
         ImageClassification.from_options(CompareOptions())
 
@@ -178,14 +179,6 @@ def test_sentence_similarity_needs_eval_data():
 
 
 # --- IDX image files ------------------------------------------------------------------------------------------
-
-def write_idx(path, array: np.ndarray, type_code: int = 0x08, fmt: str = "B") -> None:
-    """The IDX layout written out by hand: 0, 0, type, ndim, then big-endian uint32 sizes and the values."""
-    body = struct.pack(f">{array.size}{fmt}", *array.ravel().tolist())
-    data = bytes([0, 0, type_code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + body
-    with (gzip.open if str(path).endswith(".gz") else open)(path, "wb") as f:
-        f.write(data)
-
 
 def test_read_idx_plain_and_gzipped(tmp_path):
     pixels = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4) * 10

@@ -21,11 +21,13 @@ def names(recipe):
 def test_presets_are_pass_lists():
     flat = {"int8", "int8-minmax", "nvfp4", "mxfp4", "w4a16-nvfp4", "int4-awq", "fp8", "fp4-int8", "w4a8"}
     pruning = {"prune-structured", "prune-structured-int8", "sparse24", "sparse24-int8", "sparse24-w4a16-nvfp4"}
-    assert set(PRESETS) == flat | pruning
+    tokens = {"tome", "tome-int8"}
+    assert set(PRESETS) == flat | pruning | tokens
     assert set(FLAT_PRESETS) == flat  # flat recipe files predate pruning
     assert names(load_recipe("int8")) == ["smoothquant", "quantize", "fallback"]
     assert names(load_recipe("int8-minmax")) == ["quantize"]
     assert names(load_recipe("int4-awq")) == ["awq", "quantize"]
+    assert names(load_recipe("tome-int8")) == ["smoothquant", "quantize", "fallback", "tome"]
     fp4 = load_recipe("fp4-int8").find("quantize").config
     assert fp4.candidates == ["nvfp4", "w4a8-nvfp4", "int8"] and fp4.max_bits == 5.0 and fp4.rounding == "gptq"
     assert load_recipe("int8-minmax").find("quantize").config.observer == "max"

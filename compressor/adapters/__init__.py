@@ -7,16 +7,17 @@ The protocol (what passes, calibration, export and compare rely on):
   quantizable_layers(model); embedding_layers(model); blocks(model); keep_float (patterns)
   input_names(tokenizer); dummy_inputs(handle); dynamic_axes(names); output_names
   forward(model, batch); token_mask(batch); calibration(handle, data, settings); save_metadata(handle, dir)
-A decoder (causal LM) or ViT adapter implements the same methods; nothing else changes.
+A decoder (causal LM) adapter would implement the same methods; nothing else changes.
 """
 from pathlib import Path
 
 from compressor.adapters.diffusion import DiffusionTransformerAdapter
 from compressor.adapters.encoder import EncoderAdapter
+from compressor.adapters.vit import VisionTransformerAdapter
 from compressor.errors import CompressorError
 
 # Diffusers first: its config.json names a class, which transformers cannot read.
-ADAPTERS = (DiffusionTransformerAdapter, EncoderAdapter)
+ADAPTERS = (DiffusionTransformerAdapter, EncoderAdapter, VisionTransformerAdapter)
 
 
 def adapter_for_directory(path: Path):
@@ -29,5 +30,5 @@ def adapter_for_directory(path: Path):
 
     raise CompressorError(
         f"model type {getattr(read_config(Path(path)), 'model_type', None)!r} in {path} has no adapter yet "
-        "(supported: bert-family encoders, and diffusers DiT/PixArt transformers)"
+        "(supported: bert-family encoders, ViT image classifiers, and diffusers DiT/PixArt transformers)"
     )

@@ -140,6 +140,12 @@ class DiffusionTransformerAdapter:
         extra = {"added_cond_kwargs": {"resolution": None, "aspect_ratio": None}} if self.conditioning != "class_labels" else {}
         return model(**batch, **extra, return_dict=False)[0]
 
+    def forward_tokens(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> int:
+        """Latent patches entering the first block."""
+        height, width = batch["hidden_states"].shape[-2:]
+        patch = model.config.patch_size
+        return (height // patch) * (width // patch)
+
     def token_mask(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Every latent patch is real: one flag per sample."""
         return torch.ones(len(batch["hidden_states"]), dtype=torch.bool)

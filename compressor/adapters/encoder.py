@@ -13,6 +13,26 @@ from compressor.files import check_safetensors, first_line, load_tokenizer, read
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
 
 
+def load_pretrained(model_class, path: Path, **options) -> nn.Module:
+    """``model_class.from_pretrained(path)`` offline, with one-line errors for a missing, damaged or
+    incomplete weight file (a missing pooler is fine: nothing here uses it)."""
+    weights = [path / name for name in WEIGHT_FILES if (path / name).is_file()]
+    if not weights:
+        raise CompressorError(f"{path} has no weight file (looked for {', '.join(WEIGHT_FILES)})")
+    if weights[0].suffix == ".safetensors":
+        check_safetensors(weights[0])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model, loading = model_class.from_pretrained(path, local_files_only=True, output_loading_info=True, **options)
+    except Exception as exc:
+        raise CompressorError(f"cannot load weights from {path}: {first_line(exc)}") from None
+    missing = [k for k in loading.get("missing_keys", []) if "pooler" not in k]
+    if missing:
+        raise CompressorError(f"{weights[0]} lacks {len(missing)} weights the architecture needs, e.g. {missing[0]}")
+    return model.eval()
+
+
 class EncoderAdapter:
     kind = "encoder"
     model_types = ("bert", "roberta", "xlm-roberta", "electra", "camembert")
@@ -30,24 +50,7 @@ class EncoderAdapter:
     def load(self) -> nn.Module:
         from transformers import AutoModel
 
-        path = self.directory
-        weights = [path / name for name in WEIGHT_FILES if (path / name).is_file()]
-        if not weights:
-            raise CompressorError(f"{path} has no weight file (looked for {', '.join(WEIGHT_FILES)})")
-        if weights[0].suffix == ".safetensors":
-            check_safetensors(weights[0])
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                model, loading = AutoModel.from_pretrained(
-                    path, local_files_only=True, output_loading_info=True, attn_implementation="sdpa"
-                )
-        except Exception as exc:
-            raise CompressorError(f"cannot load weights from {path}: {first_line(exc)}") from None
-        missing = [k for k in loading.get("missing_keys", []) if "pooler" not in k]
-        if missing:
-            raise CompressorError(f"{weights[0]} lacks {len(missing)} weights the architecture needs, e.g. {missing[0]}")
-        return model.eval()
+        return load_pretrained(AutoModel, self.directory, attn_implementation="sdpa")
 
     def empty_model(self) -> nn.Module:
         """The architecture with no weights loaded (a compressed checkpoint brings its own)."""
@@ -107,6 +110,10 @@ class EncoderAdapter:
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(**batch).last_hidden_state
+
+    def forward_tokens(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> int:
+        """Tokens entering the first block (padding included)."""
+        return batch["input_ids"].shape[1]
 
     def token_mask(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Which positions are real tokens: padding never reaches a pooled output, so it is not calibrated on."""

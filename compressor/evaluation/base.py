@@ -17,6 +17,7 @@ class CompareOptions:
     """The `compressor compare` settings an evaluator may read (each uses the ones its task needs)."""
 
     eval_data: str | Path | None = None
+    model_dir: str | Path | None = None  # the original checkpoint (an image classifier's processor and labels)
     judge: str | Path | None = None
     samples: int = 1000
     steps: int = 25
@@ -71,6 +72,10 @@ class TaskEvaluator:
     def latency_feeds(self, model: Candidate) -> dict:
         """ONNX Runtime inputs to time every model on (taken from the original)."""
         raise NotImplementedError
+
+    def latency_metrics(self, seconds: float) -> dict:
+        """Row fields derived from a model's median latency in seconds (e.g. throughput)."""
+        return {}
 
     def latency_setup(self) -> dict:
         """Input shape of the timed runs, for the report (batch, length, ...)."""

@@ -2,9 +2,9 @@
 agreement with the original (how often a compressed model predicts the original's class), from the logits
 each model computes on the same images.
 
-By default the logits are the first output of the model's ONNX export fed the images as they are stored
-(float32 in [-1, 1], (N, C, H, W)); an adapter whose model expects other pixels passes ``logits`` to do its
-own preprocessing."""
+The images are the model's ``pixel_values``: an ImageFolder directory or IDX data run through the original
+checkpoint's image processor (IDX data: its last 1,000 images, the part calibration never reads). The logits
+are the first output of each model's ONNX export. Latency is also given as images per second."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -70,11 +70,15 @@ class ImageClassification(TaskEvaluator):
 
     @classmethod
     def from_options(cls, options: CompareOptions) -> ImageClassification:
-        from calibrators.images import load_idx_images
+        from compressor.adapters import adapter_for_directory
 
         if options.eval_data is None:
-            raise CompressorError("--eval-data is required for image classifiers (IDX images, with labels for accuracy)")
-        images, labels = load_idx_images(options.eval_data)
+            raise CompressorError("--eval-data is required for image classifiers (an ImageFolder directory or IDX "
+                                  "images, with labels for accuracy)")
+        if options.model_dir is None:
+            raise CompressorError("image classification needs the original checkpoint for its image processor")
+        adapter = adapter_for_directory(Path(options.model_dir))
+        images, labels = adapter.images(adapter.load_tokenizer(), options.eval_data, "evaluation")
         return cls(images, labels, eval_data=options.eval_data, latency_batch=options.batch)
 
     def evaluate(self, model: Candidate) -> dict:
@@ -90,6 +94,9 @@ class ImageClassification(TaskEvaluator):
     def latency_setup(self) -> dict:
         return {"batch": self.latency_batch}
 
+    def latency_metrics(self, seconds: float) -> dict:
+        return {"images_per_second": self.latency_batch / seconds}
+
     def describe(self) -> dict:
         return {"eval_data": str(self.eval_data) if self.eval_data is not None else None,
                 "task": "top-1 accuracy" if self.labels is not None else None, "eval_images": len(self.images)}
@@ -97,7 +104,8 @@ class ImageClassification(TaskEvaluator):
     @classmethod
     def columns(cls, report: dict) -> list[Column]:
         accuracy = [Column("top-1 %", "top1_accuracy", lambda v: f"{100 * v:.2f}")] if report["task"] else []
-        return accuracy + [Column("agreement %", "top1_agreement", lambda v: f"{100 * v:.2f}")]
+        return accuracy + [Column("agreement %", "top1_agreement", lambda v: f"{100 * v:.2f}"),
+                           Column("images/s", "images_per_second", lambda v: f"{v:.0f}")]
 
     @classmethod
     def notes(cls, report: dict) -> list[str]:

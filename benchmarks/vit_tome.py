@@ -1,0 +1,86 @@
+"""Token merging on the MNIST ViT example: held-out top-1 and ONNX Runtime throughput of FP32, the `tome` and
+`tome-int8` presets, and a sweep of fixed r (the accuracy/throughput curve).
+
+    python benchmarks/vit_tome.py [--model examples/mnist_vit/model] [--data ../shared/data/mnist]
+                                  [--sweep 4 8 12 16 20 24] [--output benchmarks/results/vit_tome.json]
+
+Calibration reads 256 images from the first 9,000 of the MNIST file; scoring uses its last 1,000, which
+neither training nor calibration saw. Each model is exported for the `onnxruntime` target and timed on
+batch 64 with 2 threads, models interleaved (median of the repeats), all in this one run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from compressor.evaluation.image_classification import classification_metrics, onnx_logits  # noqa: E402
+from compressor.evaluation.onnx_runner import median_latencies  # noqa: E402
+from compressor.model import load_model  # noqa: E402
+from compressor.pipeline import compress  # noqa: E402
+from compressor.recipe import Recipe, load_recipe  # noqa: E402
+from exporters.checkpoint import load_compressed  # noqa: E402
+from exporters.onnx_export import export_onnx, onnx_session  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(ROOT / "examples" / "mnist_vit" / "model"))
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "mnist"))
+    parser.add_argument("--presets", nargs="*", default=["tome", "tome-int8"])
+    parser.add_argument("--sweep", nargs="*", type=int, default=[8, 16, 24, 32])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "vit_tome.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    original = load_model(args.model)
+    images, labels = original.adapter.images(original, args.data, "evaluation")
+    recipes = [load_recipe(name) for name in args.presets]
+    recipes += [Recipe.from_dict({"name": f"tome-r{r}", "passes": [{"tome": {"r": r}}]}) for r in args.sweep]
+    rows, sessions, reference = {}, {}, None
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        handles = {"fp32": original}
+        for recipe in recipes:
+            print(f"compressing {recipe.name}", flush=True)
+            compress(args.model, recipe, args.data, scratch / recipe.name)
+            handles[recipe.name] = load_compressed(scratch / recipe.name)
+        for name, handle in handles.items():
+            session = onnx_session(export_onnx(handle, scratch / f"{name}.onnx", "onnxruntime"), args.threads)
+            logits = onnx_logits(type("Model", (), {"session": session})(), images, args.batch)
+            reference = logits if reference is None else reference
+            tome = (handle.info.get("token_reduction") or {}).get("schedule")
+            rows[name] = {"model": name, "schedule": tome, "bits_per_weight": handle.info.get("bits_per_weight", 32.0),
+                          **classification_metrics(logits, labels, reference)}
+            sessions[name] = session
+            print(name, rows[name], flush=True)
+        feeds = {"pixel_values": images[torch.arange(args.batch) % len(images)].numpy()}
+        latency = median_latencies(sessions, feeds, repeats=args.repeats)
+    for name, row in rows.items():
+        row["latency_ms"] = latency[name] * 1000
+        row["images_per_second"] = args.batch / latency[name]
+        row["throughput_ratio"] = latency["fp32"] / latency[name]
+        row["top1_change_points"] = 100 * (row["top1_accuracy"] - rows["fp32"]["top1_accuracy"])
+    result = {"model": args.model, "eval": f"last 1000 images of {args.data}", "calibration": "256 of the first 9000",
+              "batch": args.batch, "threads": args.threads, "repeats": args.repeats, "models": list(rows.values())}
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(result, indent=2), encoding="utf-8")
+    print(f"{'model':12s} {'top-1 %':>8s} {'Δ pts':>7s} {'agree %':>8s} {'img/s':>7s} {'×':>6s}  schedule")
+    for row in rows.values():
+        print(f"{row['model']:12s} {100 * row['top1_accuracy']:8.2f} {row['top1_change_points']:+7.2f} "
+              f"{100 * row['top1_agreement']:8.2f} {row['images_per_second']:7.0f} {row['throughput_ratio']:6.2f}  "
+              f"{row['schedule']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Token merging by bipartite soft matching (ToMe, Bolya et al. 2023), written with the operators an ONNX
+graph has: TopK (argsort), GatherElements and ScatterElements with ``add``. Never a "mean" reduction: a
+merged token is the size-weighted sum of its parts divided by its new size.
+
+Tokens alternate between two sets, A (even positions) and B (odd). Each A token's most similar B token
+(cosine of the metric, usually the attention keys) is its candidate destination; the r A tokens with the
+most similar candidates are added into them, the rest of A is kept. The output holds the kept A tokens in
+their original order, then every B token, so the first token (CLS) stays first.
+
+Protected tokens (the first ``protected`` positions: CLS, a distillation token) are never merged, neither as
+source nor as destination. With a padding mask, a real token and a padding token never meet: padding
+merges only into padding, and first, since merging it costs nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+FORBIDDEN = -1e4  # below any cosine: a pair that must not merge
+PADDING_FIRST = 2.0  # above any cosine: padding pairs merge before real ones
+
+
+@dataclass
+class MergePlan:
+    """Indices into the A tokens ([batch, k, 1] each): which are kept, which merge, and their B destinations."""
+
+    kept: torch.Tensor
+    merged: torch.Tensor
+    destination: torch.Tensor
+
+
+def bipartite_soft_matching(metric: torch.Tensor, r: int, protected: int = 1,
+                            mask: torch.Tensor | None = None) -> MergePlan:
+    """Plan merging ``r`` of the tokens of ``metric`` [batch, tokens, channels]; ``mask`` [batch, tokens]
+    marks real tokens (True) against padding. ``r`` is at most the number of unprotected A tokens."""
+    metric = metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    a, b = metric[:, ::2], metric[:, 1::2]
+    scores = a @ b.transpose(-1, -2)
+    position_a = torch.arange(a.shape[1], device=metric.device) * 2
+    position_b = torch.arange(b.shape[1], device=metric.device) * 2 + 1
+    forbidden = (position_a < protected)[:, None] | (position_b < protected)[None, :]
+    scores = scores.masked_fill(forbidden, FORBIDDEN)
+    if mask is not None:
+        mask_a, mask_b = mask[:, ::2].bool(), mask[:, 1::2].bool()
+        scores = torch.where(mask_a[:, :, None] == mask_b[:, None, :], scores, torch.full_like(scores, FORBIDDEN))
+        padding = (~mask_a)[:, :, None] & (~mask_b)[:, None, :] & ~forbidden
+        scores = torch.where(padding, torch.full_like(scores, PADDING_FIRST), scores)
+    best, best_index = scores.max(dim=-1)
+    order = best.argsort(dim=-1, descending=True)[..., None]
+    merged, kept = order[:, :r], order[:, r:]
+    kept = kept.sort(dim=1).values  # keep the original order (CLS first)
+    return MergePlan(kept, merged, best_index[..., None].gather(1, merged))
+
+
+def limit_merges(r: int, tokens, protected: int = 0):
+    """r, at most the unprotected tokens of set A. A count traced in an ONNX export stays dynamic (a
+    tensor), so a text graph clamps r to each input's own length."""
+    available = (tokens + 1) // 2 - (protected + 1) // 2
+    if isinstance(available, int):
+        return max(0, min(r, available))
+    return torch.clamp(available, min=0, max=r)
+
+
+def merge_tokens(plan: MergePlan, x: torch.Tensor, size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge ``x`` [batch, tokens, channels] whose tokens stand for ``size`` [batch, tokens, 1] original
+    tokens each: a merged token is the size-weighted mean of its parts. Returns (x, size) with r fewer tokens."""
+    channels = x.shape[-1]
+    weighted = torch.cat([x * size, size], dim=-1)  # merge sums and sizes in one scatter
+    a, b = weighted[:, ::2], weighted[:, 1::2]
+    width = weighted.shape[-1]
+    kept = a.gather(1, plan.kept.expand(-1, -1, width))
+    moved = a.gather(1, plan.merged.expand(-1, -1, width))
+    b = b.scatter_add(1, plan.destination.expand(-1, -1, width), moved)
+    out = torch.cat([kept, b], dim=1)
+    size = out[..., channels:]
+    return out[..., :channels] / size, size
+
+
+def merge_mask(plan: MergePlan, mask: torch.Tensor) -> torch.Tensor:
+    """The padding mask after merging (a token only ever merges into one of its own kind)."""
+    return torch.cat([mask[:, ::2].gather(1, plan.kept[..., 0]), mask[:, 1::2]], dim=1)
+
+
+def merge_positions(plan: MergePlan, tokens: int, source: torch.Tensor) -> torch.Tensor:
+    """Where each original token is after the merge: ``source`` [batch, original] holds each original token's
+    index among the ``tokens`` current ones; returns its index afterwards."""
+    batch = source.shape[0]
+    count_a = (tokens + 1) // 2
+    count_b = tokens // 2
+    kept = plan.kept[..., 0]
+    r = plan.merged.shape[1]
+    # new index of each A token: kept ones in order, merged ones wherever their destination went
+    new_a = torch.zeros(batch, count_a, dtype=torch.long, device=source.device)
+    new_a = new_a.scatter(1, kept, torch.arange(kept.shape[1], device=source.device).expand(batch, -1))
+    new_a = new_a.scatter(1, plan.merged[..., 0], plan.destination[..., 0] + (count_a - r))
+    new_b = (torch.arange(count_b, device=source.device) + (count_a - r)).expand(batch, -1)
+    new_index = torch.cat([new_a, new_b], dim=1)
+    # current token t sits at t // 2 in A (t even) or in B (t odd)
+    t = torch.arange(tokens, device=source.device)
+    slot = (t % 2) * count_a + t // 2
+    return new_index.gather(1, slot.expand(batch, -1)).gather(1, source)
+
+
+def unmerge_tokens(x: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """Every original token takes the value of the token it was merged into: [batch, original, channels]."""
+    return x.gather(1, source[..., None].expand(-1, -1, x.shape[-1]))
+
+
+def proportional_attention_bias(size: torch.Tensor) -> torch.Tensor:
+    """log(size) per key, [batch, 1, 1, tokens]: a merged key counts as many times as the tokens it holds."""
+    return size[..., 0].log()[:, None, None, :]

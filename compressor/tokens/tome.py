@@ -1,0 +1,161 @@
+"""ToMe patches for transformers encoders (Diffusion Transformers: compressor/tokens/dit_merge.py): the model's forward is replaced by one that runs the same modules
+block by block and merges ``r[i]`` tokens in block ``i``, between attention and the MLP (compressor/tokens/
+merge.py). Attention is size-weighted: a merged key counts as the tokens it holds.
+
+- Vision Transformers (``ViTForImageClassification``/``ViTModel``, pre-norm blocks): CLS is protected, and
+  the logits come from it as before. Token counts are fixed per block, so the ONNX graph's shapes are static.
+- BERT-family text encoders (post-norm blocks): merging respects the attention mask, and the last hidden
+  state is unmerged back to the input length (each token takes its merged token's value), so mean pooling
+  over the mask weights every merged token by its size, and ``last_hidden_state`` keeps its shape.
+
+The blocks' Linear modules are called as they are, so a quantized model merges too.
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+from compressor.errors import CompressorError
+from compressor.tokens.merge import (
+    bipartite_soft_matching,
+    limit_merges,
+    merge_mask,
+    merge_positions,
+    merge_tokens,
+    proportional_attention_bias,
+    unmerge_tokens,
+)
+
+MASKED = -1e9  # attention bias of padding keys
+
+
+def _attend(q_proj, k_proj, v_proj, head_dim: int, x: torch.Tensor, bias: torch.Tensor):
+    """Multi-head attention of ``x`` with an additive key ``bias``; returns (context, keys averaged over heads)."""
+    batch, tokens = x.shape[:2]
+    shape = (batch, tokens, -1, head_dim)
+    q = q_proj(x).view(shape).transpose(1, 2)
+    k = k_proj(x).view(shape).transpose(1, 2)
+    v = v_proj(x).view(shape).transpose(1, 2)
+    weights = torch.softmax(q @ k.transpose(-1, -2) * head_dim ** -0.5 + bias, dim=-1)
+    context = (weights @ v).transpose(1, 2).reshape(batch, tokens, -1)
+    return context, k.mean(1)
+
+
+# --- Vision Transformers --------------------------------------------------------------------------
+
+
+def _vit_block(layer: nn.Module, x, size, r: int, protected: int):
+    attention = layer.attention
+    h = layer.layernorm_before(x)
+    context, metric = _attend(attention.q_proj, attention.k_proj, attention.v_proj, attention.head_dim, h,
+                              proportional_attention_bias(size))
+    x = x + attention.o_proj(context)
+    if r > 0:
+        x, size = merge_tokens(bipartite_soft_matching(metric, r, protected), x, size)
+    return x + layer.mlp(layer.layernorm_after(x)), size
+
+
+def _vit_forward(model: nn.Module, schedule: list[int], protected: int):
+    vit = model.vit if hasattr(model, "vit") else model
+    # The token count is fixed by the image size: r is a plain number in every block (static ONNX shapes).
+    tokens, limited = vit.embeddings.position_embeddings.shape[1], []
+    for r in schedule:
+        limited.append(limit_merges(r, tokens, protected))
+        tokens -= limited[-1]
+    schedule = limited
+
+    def forward(pixel_values: torch.Tensor, **_ignored):
+        x = vit.embeddings(pixel_values.to(vit.embeddings.patch_embeddings.projection.weight.dtype))
+        size = torch.ones_like(x[..., :1])
+        for layer, r in zip(vit.layers, schedule):
+            x, size = _vit_block(layer, x, size, r, protected)
+        hidden = vit.layernorm(x)
+        if vit is model:
+            return SimpleNamespace(last_hidden_state=hidden, pooler_output=None)
+        return SimpleNamespace(logits=model.classifier(hidden[:, 0, :]))
+
+    return forward
+
+
+# --- BERT-family text encoders --------------------------------------------------------------------
+
+
+def _bert_block(layer: nn.Module, x, size, mask, source, r: int, protected: int):
+    attention, output = layer.attention, layer.output
+    bias = torch.where(mask[:, None, None, :], proportional_attention_bias(size),
+                       torch.full_like(proportional_attention_bias(size), MASKED))
+    context, metric = _attend(attention.self.query, attention.self.key, attention.self.value,
+                              attention.self.attention_head_size, x, bias)
+    h = attention.output.LayerNorm(attention.output.dense(context) + x)
+    tokens = h.shape[1]
+    r = limit_merges(r, tokens, protected)
+    if not isinstance(r, int) or r > 0:
+        plan = bipartite_soft_matching(metric, r, protected, mask)
+        h, size = merge_tokens(plan, h, size)
+        source = merge_positions(plan, tokens, source)
+        mask = merge_mask(plan, mask)
+    return output.LayerNorm(output.dense(layer.intermediate(h)) + h), size, mask, source
+
+
+def _bert_forward(model: nn.Module, schedule: list[int], protected: int):
+    def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, **_ignored):
+        x = model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        if hasattr(model, "embeddings_project"):  # ELECTRA projects its embeddings to the hidden size
+            x = model.embeddings_project(x)
+        mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        size = torch.ones_like(x[..., :1])
+        source = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
+        for layer, r in zip(model.encoder.layer, schedule):
+            x, size, mask, source = _bert_block(layer, x, size, mask, source, r, protected)
+        return SimpleNamespace(last_hidden_state=unmerge_tokens(x, source), pooler_output=None)
+
+    return forward
+
+
+# --- applying a schedule -------------------------------------------------------------------------
+
+
+def block_count(model: nn.Module) -> int:
+    """Transformer blocks a ToMe schedule covers."""
+    if hasattr(model, "transformer_blocks"):  # a Diffusion Transformer
+        return len(model.transformer_blocks)
+    if hasattr(model, "encoder") and hasattr(model.encoder, "layer"):
+        return len(model.encoder.layer)
+    vit = model.vit if hasattr(model, "vit") else model
+    if hasattr(vit, "layers") and hasattr(vit, "embeddings"):
+        return len(vit.layers)
+    raise CompressorError(f"token merging has no patch for {type(model).__name__} "
+                          "(supported: ViT image classifiers, BERT-family text encoders and Diffusion Transformers)")
+
+
+def patch_token_merging(model: nn.Module, schedule: list[int], protected: int = 1) -> None:
+    """Make ``model`` merge ``schedule[i]`` tokens in block i (0 = none); an empty schedule restores it."""
+    blocks = block_count(model)
+    if len(schedule) != blocks:
+        raise CompressorError(f"a ToMe schedule needs one r per block ({blocks}), got {len(schedule)}")
+    if hasattr(model, "transformer_blocks"):
+        from compressor.tokens.dit_merge import patch_dit_token_merging
+
+        patch_dit_token_merging(model, schedule)
+        return
+    if "forward" in model.__dict__:
+        del model.forward  # back to the class's forward
+    if not any(schedule):
+        return
+    is_text = hasattr(model, "encoder") and hasattr(model.encoder, "layer")
+    model.forward = (_bert_forward if is_text else _vit_forward)(model, list(schedule), protected)
+
+
+def tome_schedule(r: int, blocks: int, kind: str = "constant") -> list[int]:
+    """Tokens merged per block: ``constant`` merges r in every block; ``decreasing`` goes linearly from 2r
+    in the first block to 0 in the last (the same total), merging early where tokens are most redundant."""
+    if kind == "constant":
+        return [r] * blocks
+    if kind == "decreasing":
+        if blocks == 1:
+            return [r]
+        return [round(2 * r * (blocks - 1 - i) / (blocks - 1)) for i in range(blocks)]
+    raise CompressorError(f"unknown ToMe schedule {kind!r}; choose constant or decreasing")
