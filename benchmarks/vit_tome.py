@@ -1,5 +1,6 @@
 """Token merging on the MNIST ViT example: held-out top-1 and ONNX Runtime throughput of FP32, the `tome` and
-`tome-int8` presets, and a sweep of fixed r (the accuracy/throughput curve).
+`tome-int8` presets, and a sweep of fixed r (the accuracy/throughput curve; `--sweep-schedule` decreasing
+merges 2r tokens in the first block down to 0 in the last, constant merges r in every block).
 
     python benchmarks/vit_tome.py [--model examples/mnist_vit/model] [--data ../shared/data/mnist]
                                   [--sweep 4 8 12 16 20 24] [--output benchmarks/results/vit_tome.json]
@@ -36,6 +37,7 @@ def main() -> None:
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "mnist"))
     parser.add_argument("--presets", nargs="*", default=["tome", "tome-int8"])
     parser.add_argument("--sweep", nargs="*", type=int, default=[8, 16, 24, 32])
+    parser.add_argument("--sweep-schedule", default="decreasing", choices=["constant", "decreasing"])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=20)
@@ -46,7 +48,8 @@ def main() -> None:
     original = load_model(args.model)
     images, labels = original.adapter.images(original, args.data, "evaluation")
     recipes = [load_recipe(name) for name in args.presets]
-    recipes += [Recipe.from_dict({"name": f"tome-r{r}", "passes": [{"tome": {"r": r}}]}) for r in args.sweep]
+    recipes += [Recipe.from_dict({"name": f"tome-r{r}", "passes": [{"tome": {"r": r, "schedule": args.sweep_schedule}}]})
+                for r in args.sweep]
     rows, sessions, reference = {}, {}, None
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)

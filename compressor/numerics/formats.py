@@ -169,6 +169,12 @@ class Mxfp4Weight(WeightFormat):
         return dequantize_mxfp4(t["packed"], t["scale"])
 
 
+def layer_group_size(group_size: int, in_features: int) -> int:
+    """INT4 group size for a layer: a layer narrower than the group is one group per row (a small ViT's
+    64-wide inputs under the default 128), anything else keeps the recipe's size."""
+    return in_features if in_features < group_size else group_size
+
+
 def make_weight_format(name: str, group_size: int = 128, symmetric: bool = True) -> WeightFormat:
     if name == "int4":
         return Int4Weight(group_size, symmetric)

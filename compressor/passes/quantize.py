@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from calibrators.observers import make_observer
-from compressor.numerics.formats import ACTIVATION_BLOCK, SCHEMES, make_weight_format, scheme_bits
+from compressor.numerics.formats import ACTIVATION_BLOCK, SCHEMES, layer_group_size, make_weight_format, scheme_bits
 from compressor.numerics.hadamard import hadamard_rotate, rotatable, rotate_hessian, rotated_amax_bound
 from compressor.passes.awq import search_awq_scales
 from compressor.passes.base import PASSES, Pass, PassConfig
@@ -132,7 +132,8 @@ class _Candidates:
         awq = self.migrations.get("weight")
         if awq is None:
             return None
-        return awq.search(sample, weight, make_weight_format(SCHEMES[scheme].weight, self.recipe.group_size, self.recipe.symmetric))
+        return awq.search(sample, weight, make_weight_format(SCHEMES[scheme].weight, layer_group_size(self.recipe.group_size, weight.shape[1]),
+                                                            self.recipe.symmetric))
 
     def smooth(self, name: str, scheme: str) -> torch.Tensor | None:
         choice = self.smoothing.get((name, scheme))
@@ -158,9 +159,9 @@ class _Candidates:
 
     def build(self, name: str, scheme: str) -> tuple[nn.Module, LayerRecord]:
         linear, recipe = self.linears[name], self.recipe
-        spec = SCHEMES[scheme]
+        spec, group_size = SCHEMES[scheme], layer_group_size(recipe.group_size, linear.in_features)
         record = LayerRecord(
-            name, scheme, scheme_bits(spec, linear.in_features, recipe.group_size, recipe.symmetric), linear.weight.numel()
+            name, scheme, scheme_bits(spec, linear.in_features, group_size, recipe.symmetric), linear.weight.numel()
         )
         if spec.weight is None:
             if kept_by_default(name, recipe, self.handle.adapter.keep_float):
@@ -187,7 +188,7 @@ class _Candidates:
         if self._uses_gptq(scheme):
             from compressor.passes.gptq import gptq_quantize
 
-            fmt = make_weight_format(spec.weight, recipe.group_size, recipe.symmetric)
+            fmt = make_weight_format(spec.weight, group_size, recipe.symmetric)
             weight, hessian = linear.weight.detach().float(), self.hessians[name]
             if smooth is not None:  # the layer sees x * smooth and holds W / smooth
                 weight, hessian = weight / smooth, hessian * torch.outer(smooth, smooth).to(hessian.dtype)
@@ -201,7 +202,7 @@ class _Candidates:
                 record.note = (record.note + "; " if record.note else "") + \
                     f"GPTQ damping raised to {report['damp']:g} (the Hessian was near singular)"
         module = QuantLinear.from_linear(
-            linear, scheme, record.input_amax or None, smooth, rounded, scales, recipe.group_size, recipe.symmetric,
+            linear, scheme, record.input_amax or None, smooth, rounded, scales, group_size, recipe.symmetric,
             rotation=rotation,
         )
         if mask is not None and bool((module.dequantized_weight()[~mask] != 0).any()):
@@ -253,7 +254,7 @@ class QuantizePass(Pass):
 
 def _bits(model, name: str, scheme: str, recipe: QuantizeConfig) -> float:
     in_features = model.get_submodule(name).in_features
-    return scheme_bits(SCHEMES[scheme], in_features, recipe.group_size, recipe.symmetric)
+    return scheme_bits(SCHEMES[scheme], in_features, layer_group_size(recipe.group_size, in_features), recipe.symmetric)
 
 
 def _search(handle, built, recipe, batches, references) -> tuple[dict[str, str], dict]:

@@ -1,6 +1,8 @@
 """Token merging by bipartite soft matching (ToMe, Bolya et al. 2023), written with the operators an ONNX
-graph has: TopK (argsort), GatherElements and ScatterElements with ``add``. Never a "mean" reduction: a
-merged token is the size-weighted sum of its parts divided by its new size.
+graph has: TopK (argsort), GatherElements, and a one-hot MatMul that adds each merged token into its
+destination. Never a "mean" reduction: a merged token is the size-weighted sum of its parts divided by its
+new size. (The one-hot product replaces ScatterElements with ``add``, the same sums: ONNX Runtime's CPU
+scatter goes element by element and took 7% of a merged MNIST ViT's time, the GEMM about 1%.)
 
 Tokens alternate between two sets, A (even positions) and B (odd). Each A token's most similar B token
 (cosine of the metric, usually the attention keys) is its candidate destination; the r A tokens with the
@@ -71,7 +73,9 @@ def merge_tokens(plan: MergePlan, x: torch.Tensor, size: torch.Tensor) -> tuple[
     width = weighted.shape[-1]
     kept = a.gather(1, plan.kept.expand(-1, -1, width))
     moved = a.gather(1, plan.merged.expand(-1, -1, width))
-    b = b.scatter_add(1, plan.destination.expand(-1, -1, width), moved)
+    slots = torch.arange(b.shape[1], device=x.device)
+    onehot = (plan.destination[..., 0][:, None, :] == slots[None, :, None]).to(x.dtype)
+    b = b + onehot @ moved
     out = torch.cat([kept, b], dim=1)
     size = out[..., channels:]
     return out[..., :channels] / size, size

@@ -1,6 +1,7 @@
-"""ToMe patches for transformers encoders (Diffusion Transformers: compressor/tokens/dit_merge.py): the model's forward is replaced by one that runs the same modules
+"""ToMe patches for transformers encoders: the model's forward is replaced by one that runs the same modules
 block by block and merges ``r[i]`` tokens in block ``i``, between attention and the MLP (compressor/tokens/
-merge.py). Attention is size-weighted: a merged key counts as the tokens it holds.
+merge.py). Attention is size-weighted: a merged key counts as the tokens it holds. (Diffusion Transformers
+merge around each block's attention and MLP instead: compressor/tokens/dit_merge.py.)
 
 - Vision Transformers (``ViTForImageClassification``/``ViTModel``, pre-norm blocks): CLS is protected, and
   the logits come from it as before. Token counts are fixed per block, so the ONNX graph's shapes are static.
@@ -46,11 +47,12 @@ def _attend(q_proj, k_proj, v_proj, head_dim: int, x: torch.Tensor, bias: torch.
 # --- Vision Transformers --------------------------------------------------------------------------
 
 
-def _vit_block(layer: nn.Module, x, size, r: int, protected: int):
+def _vit_block(layer: nn.Module, x, size, r: int, protected: int, merged_before: bool):
     attention = layer.attention
     h = layer.layernorm_before(x)
-    context, metric = _attend(attention.q_proj, attention.k_proj, attention.v_proj, attention.head_dim, h,
-                              proportional_attention_bias(size))
+    # Until a block has merged, every size is 1 and the bias is 0: skip adding it to [batch, heads, N, N].
+    bias = proportional_attention_bias(size) if merged_before else 0.0
+    context, metric = _attend(attention.q_proj, attention.k_proj, attention.v_proj, attention.head_dim, h, bias)
     x = x + attention.o_proj(context)
     if r > 0:
         x, size = merge_tokens(bipartite_soft_matching(metric, r, protected), x, size)
@@ -69,8 +71,8 @@ def _vit_forward(model: nn.Module, schedule: list[int], protected: int):
     def forward(pixel_values: torch.Tensor, **_ignored):
         x = vit.embeddings(pixel_values.to(vit.embeddings.patch_embeddings.projection.weight.dtype))
         size = torch.ones_like(x[..., :1])
-        for layer, r in zip(vit.layers, schedule):
-            x, size = _vit_block(layer, x, size, r, protected)
+        for index, (layer, r) in enumerate(zip(vit.layers, schedule)):
+            x, size = _vit_block(layer, x, size, r, protected, any(schedule[:index]))
         hidden = vit.layernorm(x)
         if vit is model:
             return SimpleNamespace(last_hidden_state=hidden, pooler_output=None)
