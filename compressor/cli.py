@@ -141,7 +141,14 @@ def _export(args) -> None:
     from exporters.onnx_export import export_onnx
 
     handle = load_any(resolve_model_dir(args.model_dir))
-    if args.format == "onnx":
+    if args.split:
+        if args.format != "onnx":
+            raise CompressorError("--split writes ONNX graphs; drop --format tensorrt")
+        from exporters.dit_split import export_dit_split
+
+        paths = export_dit_split(handle, args.output, target, overwrite=args.overwrite)
+        print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    elif args.format == "onnx":
         export_onnx(handle, args.output, target, overwrite=args.overwrite, int8_weights=args.int8_weights)
     else:
         sparse24 = ((handle.info or {}).get("sparsity") or {}).get("pattern") == "2:4"
@@ -165,6 +172,7 @@ def _compare(args) -> None:
         resolve_model_dir(args.model_dir), args.compressed, args.eval_data, args.report,
         judge=args.judge, samples=args.num_samples, steps=args.steps, guidance=args.guidance, seed=args.seed,
         batch=args.batch, length=args.length, threads=args.threads, repeats=args.repeats, overwrite=args.overwrite,
+        save_samples=args.save_samples,
     )
     print(format_console_table(report))
     print(f"wrote {args.report}/{', '.join(report_files(report))}")
@@ -208,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="onnxruntime target, W8A8 layers: int8 weights (u8·s8 kernels, about 2× faster where the CPU "
                    "has VNNI or AMX int8 dot products) or uint8 (u8·u8, exact on AVX2-only CPUs, whose u8·s8 kernels "
                    "can saturate); auto picks by the exporting machine's CPU")
+    p.add_argument("--split", action="store_true",
+                   help="DiTs: write OUTPUT as a directory of three graphs (head.onnx: embedding and first block; "
+                   "rest.onnx: the other blocks' residual; final.onnx: the output layer) for step caching at run time")
     p.add_argument("--sparse-weights", action="store_true",
                    help="--format tensorrt: let TensorRT use 2:4 structured-sparse kernels where weights allow")
     p.add_argument("--output", required=True)
@@ -227,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge", help="DiTs: judge classifier for class accuracy and Fréchet distance, a TorchScript "
                    "file mapping images in [-1, 1] to (logits, features)")
     p.add_argument("--num-samples", type=int, default=1000, help="DiTs: images sampled per model")
+    p.add_argument("--save-samples", action="store_true",
+                   help="DiTs: also write samples/<model>.npz: `images` (float in [-1, 1], [N, C, H, W], as sampled) "
+                   "and `labels`")
     p.add_argument("--steps", type=int, default=25, help="DiTs: DDIM steps per sample")
     p.add_argument("--guidance", type=float, default=1.5, help="DiTs: classifier-free guidance scale")
     p.add_argument("--seed", type=int, default=0, help="DiTs: sampling seed (the same noise for every model)")

@@ -169,6 +169,10 @@ PRESETS: dict[str, list] = {
     "tome": [{"tome": {}}],
     # W8A8, then merging searched against the original's outputs: the INT8 error counts in the 2.5%.
     "tome-int8": [*_W8A8, {"tome": {"max_error": 0.025}}],
+    # DiT step caching (First Block Cache): the largest threshold whose calibration samples stay within
+    # 27 dB PSNR of the same model's uncached samples; after W8A8 for the int8 variant.
+    "step-cache": [{"step_cache": {}}],
+    "step-cache-int8": [*_W8A8, {"step_cache": {}}],
 }
 
 

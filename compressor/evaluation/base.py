@@ -25,6 +25,7 @@ class CompareOptions:
     seed: int = 0
     batch: int = 32
     length: int = 128
+    save_samples: bool = False  # DiTs: write samples/<model>.npz with the images as sampled
 
 
 @dataclass

@@ -8,15 +8,18 @@ A judge is a TorchScript file (torch.jit.save) of a module mapping images in [-1
 (calibrators/images.py): the last REFERENCE_IMAGES images of it, the part a model is not trained on."""
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from compressor.diffusion.quality import frechet_distance, judge_scores, psnr, save_sample_grid, ssim
 from compressor.diffusion.sampling import sample
+from compressor.diffusion.step_cache import step_cache_of
 from compressor.errors import CompressorError
 from compressor.evaluation.base import Candidate, Column, CompareOptions, TaskEvaluator
 
@@ -94,7 +97,7 @@ class GeneratedImages(TaskEvaluator):
     latency_header = "ms/step"
 
     def __init__(self, setup: SamplingSetup, judge_path: str | Path | None = None,
-                 real_images: torch.Tensor | None = None, latency_batch: int = 16):
+                 real_images: torch.Tensor | None = None, latency_batch: int = 16, save_samples: bool = False):
         self.setup = setup.validate()
         self.judge_path = judge_path
         self.judge = load_judge(judge_path) if judge_path is not None else None
@@ -102,19 +105,28 @@ class GeneratedImages(TaskEvaluator):
         self.real_features = None
         if self.judge is not None and real_images is not None:
             self.real_features = judge_scores(self.judge, real_images)["features"]
-        self.latency_batch = latency_batch
+        self.latency_batch, self.save_samples = latency_batch, save_samples
         self.images: dict[str, torch.Tensor] = {}
+        self.labels: torch.Tensor | None = None
 
     @classmethod
     def from_options(cls, options: CompareOptions) -> GeneratedImages:
         setup = SamplingSetup(options.samples, options.steps, options.guidance, options.seed).validate()
         real = images_from(options.eval_data) if options.eval_data is not None else None
-        return cls(setup, options.judge, real, options.batch)
+        return cls(setup, options.judge, real, options.batch, options.save_samples)
 
     def evaluate(self, model: Candidate) -> dict:
         labels = torch.arange(self.setup.samples) % _classes(model.handle)
+        self.labels = labels
+        cache = step_cache_of(model.handle.model)
+        if cache is not None:
+            cache.reset_counts()
+        started = time.perf_counter()
         images = self.images[model.name] = generate(model.handle, labels, self.setup, desc=f"sampling {model.name}")
-        metrics = {}
+        metrics = {"sampling_seconds": time.perf_counter() - started,
+                   # transformer blocks run per image: steps × blocks without a cache (a guided pair shares them)
+                   "block_evaluations": (cache.block_evaluations / cache.trajectories if cache is not None else
+                                         self.setup.steps * len(model.handle.model.transformer_blocks))}
         if not model.is_original:
             metrics["psnr_db"] = psnr(self.images["original"], images)
             metrics["ssim"] = ssim(self.images["original"], images)
@@ -141,6 +153,8 @@ class GeneratedImages(TaskEvaluator):
     @classmethod
     def columns(cls, report: dict) -> list[Column]:
         columns = [Column("PSNR dB", "psnr_db", lambda v: f"{v:.2f}"), Column("SSIM", "ssim", lambda v: f"{v:.4f}")]
+        columns.append(Column("blocks/image", "block_evaluations", lambda v: f"{v:.0f}"))
+        columns.append(Column("sampling s", "sampling_seconds", lambda v: f"{v:.1f}"))
         if report["judge"] is not None:
             columns.append(Column("judge acc %", "judge_accuracy", lambda v: f"{100 * v:.1f}"))
             if report["real_images"] > 0:
@@ -162,6 +176,11 @@ class GeneratedImages(TaskEvaluator):
     def write_figures(self, report: dict, out: Path) -> None:
         # one column per class: the first images are classes 0..9 in turn
         save_sample_grid(self.images, out / "samples.png", columns=min(10, self.setup.samples))
+        if self.save_samples:  # the images as sampled, in [-1, 1], before any 8-bit conversion
+            (out / "samples").mkdir()
+            for name, images in self.images.items():
+                np.savez(out / "samples" / f"{name}.npz", images=images.numpy().astype(np.float32),
+                         labels=self.labels.numpy())
 
 
 def compare_diffusion(model_dir, compressed_dirs: list, report_dir, setup: SamplingSetup, judge_path=None,

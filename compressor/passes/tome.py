@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from pydantic import Field
 
 from compressor.errors import CompressorError
@@ -49,7 +50,8 @@ class TomePass(Pass):
         def error(r: int) -> float:
             if r not in measured:
                 patch_token_merging(handle.model, tome_schedule(r, blocks, cfg.schedule), cfg.protected)
-                measured[r] = pooled_error(handle, context.sensitivity_batches, context.references)
+                with torch.no_grad():
+                    measured[r] = pooled_error(handle, context.sensitivity_batches, context.references)
             return measured[r]
 
         if cfg.r is not None:

@@ -1,0 +1,93 @@
+"""Step caching on the MNIST DiT: transformer-block evaluations per image, sampling wall time, judge accuracy
+and PSNR against the FP32 samples, for FP32, `step-cache` and `step-cache-int8`.
+
+    python benchmarks/dit_step_cache.py [--samples 1000] [--output benchmarks/results/dit_step_cache.json]
+
+Each preset calibrates on the default trajectory (64 images, seed 0) and picks its threshold there. Every
+model then samples the same images (classes in turn, seed 1000, never the calibration noise; DDIM 25
+steps, guidance 1.5, batches of 100) in PyTorch on 2 threads, one after the other in this process; the wall
+time covers the sampling loop only. Judge: examples/mnist_dit/judge.pt.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.dit_presets_psnr import draw  # noqa: E402
+from benchmarks.pruning_dit import judge_accuracy  # noqa: E402
+from compressor.diffusion.quality import psnr, ssim  # noqa: E402
+from compressor.diffusion.step_cache import step_cache_of  # noqa: E402
+from compressor.model import load_model  # noqa: E402
+from compressor.pipeline import compress  # noqa: E402
+from compressor.recipe import load_recipe  # noqa: E402
+from exporters.checkpoint import load_compressed  # noqa: E402
+
+
+def timed_draw(handle, samples: int) -> tuple[torch.Tensor, float, float]:
+    """(images, seconds, block evaluations per image)."""
+    cache = step_cache_of(handle.model)
+    if cache is not None:
+        cache.reset_counts()
+    started = time.perf_counter()
+    images = draw(handle, samples, seed=1000)
+    seconds = time.perf_counter() - started
+    blocks = len(handle.model.transformer_blocks)
+    evaluations = cache.block_evaluations / cache.trajectories if cache is not None else 25 * blocks
+    return images, seconds, evaluations
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=str(ROOT / "examples/mnist_dit/model"))
+    p.add_argument("--judge", default=str(ROOT / "examples/mnist_dit/judge.pt"))
+    p.add_argument("--presets", nargs="*", default=["step-cache", "step-cache-int8"])
+    p.add_argument("--samples", type=int, default=1000)
+    p.add_argument("--output", default=str(ROOT / "benchmarks/results/dit_step_cache.json"))
+    args = p.parse_args()
+    torch.set_num_threads(2)
+    judge = torch.jit.load(args.judge).eval()
+    handles = {"fp32": load_model(args.model)}
+    records = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for name in args.presets:
+            compress(args.model, load_recipe(name), None, Path(scratch) / name)
+            handles[name] = load_compressed(Path(scratch) / name)  # loading applies the recorded cache
+            records[name] = next(s for s in handles[name].info["passes"] if s["pass"] == "step_cache")
+        draw(handles["fp32"], 100, seed=1000)  # warm-up
+        rows, reference = {}, None
+        for name, handle in handles.items():
+            images, seconds, evaluations = timed_draw(handle, args.samples)
+            reference = images if reference is None else reference
+            row = {"model": name, "sampling_seconds": seconds, "block_evaluations": evaluations,
+                   "judge_accuracy": judge_accuracy(judge, images)}
+            if name != "fp32":
+                row.update(psnr=psnr(reference, images), ssim=ssim(reference, images), **records[name])
+            rows[name] = row
+            print(row, flush=True)
+    base = rows["fp32"]
+    for row in rows.values():
+        row["block_evaluations_ratio"] = row["block_evaluations"] / base["block_evaluations"]
+        row["speedup"] = base["sampling_seconds"] / row["sampling_seconds"]
+        row["judge_delta_points"] = 100 * (row["judge_accuracy"] - base["judge_accuracy"])
+    result = {"model": "examples/mnist_dit/model", "samples": args.samples,
+              "sampling": "classes in turn, seed 1000, DDIM 25 steps, guidance 1.5, batches of 100, 2 threads",
+              "models": list(rows.values())}
+    Path(args.output).write_text(json.dumps(result, indent=2), encoding="utf-8")
+    print(f"{'model':16s} {'blocks/img':>10s} {'×':>5s} {'seconds':>8s} {'speed':>6s} {'judge %':>8s} {'Δ':>6s} {'PSNR':>6s}")
+    for row in rows.values():
+        print(f"{row['model']:16s} {row['block_evaluations']:10.1f} {row['block_evaluations_ratio']:5.2f} "
+              f"{row['sampling_seconds']:8.1f} {row['speedup']:6.2f} {100 * row['judge_accuracy']:8.1f} "
+              f"{row['judge_delta_points']:+6.1f} {row.get('psnr', float('nan')):6.2f}")
+
+
+if __name__ == "__main__":
+    main()

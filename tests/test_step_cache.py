@@ -1,0 +1,174 @@
+"""DiT step caching (diffusers' First Block Cache behind the `step_cache` pass): threshold 0 equals the uncached
+sampler exactly, block evaluations are counted right, the checkpoint round trip, the presets, and compare's
+sampling time, block counts and --save-samples."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from compressor.diffusion.sampling import sample
+from compressor.diffusion.step_cache import apply_step_cache, remove_step_cache, step_cache_of
+from compressor.errors import CompressorError
+
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def dit_dir(tmp_path_factory):
+    """A random class-conditional DiT (3 blocks, 36 latent tokens, 4 classes) with its DDIM scheduler."""
+    from diffusers import DDIMScheduler, DiTTransformer2DModel
+
+    torch.manual_seed(0)
+    model = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=16, in_channels=1, out_channels=1,
+                                  num_layers=3, sample_size=12, patch_size=2, num_embeds_ada_norm=4,
+                                  norm_type="ada_norm_zero")
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    path = tmp_path_factory.mktemp("cache-dit")
+    model.eval().save_pretrained(path)
+    DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction",
+                  timestep_spacing="trailing").save_pretrained(path)
+    return path
+
+
+def draw(handle, seed=3):
+    adapter, model = handle.adapter, handle.model
+    labels = torch.arange(8) % 4
+    return sample(adapter.denoiser(model), adapter.scheduler(), labels, shape=adapter.latent_shape(model), steps=STEPS,
+                  guidance=1.5, seed=seed, null_conditioning=adapter.null_conditioning(model, labels))
+
+
+def test_threshold_zero_equals_the_uncached_sampler_exactly(dit_dir):
+    from compressor.model import load_model
+
+    handle = load_model(dit_dir)
+    reference = draw(handle)
+    cache = apply_step_cache(handle.model, 0.0)
+    assert torch.equal(draw(handle), reference)
+    assert cache.block_evaluations == STEPS * 3 and cache.trajectories == 1  # every block of every step
+    assert torch.equal(draw(handle), reference)  # a second trajectory starts afresh
+    assert cache.trajectories == 2
+    remove_step_cache(handle.model)
+    assert step_cache_of(handle.model) is None and torch.equal(draw(handle), reference)
+
+
+def test_a_large_threshold_skips_the_blocks_after_the_first(dit_dir):
+    from compressor.model import load_model
+
+    handle = load_model(dit_dir)
+    reference = draw(handle)
+    cache = apply_step_cache(handle.model, 1e9)  # any change is "small": only the first step computes all
+    images = draw(handle)
+    # step 1: all 3 blocks; steps 2..6: the first block only
+    assert cache.block_evaluations == 3 + (STEPS - 1) * 1
+    assert not torch.equal(images, reference)
+    remove_step_cache(handle.model)
+
+
+def test_step_cache_pass_round_trip(dit_dir, tmp_path):
+    from compressor.pipeline import compress
+    from compressor.recipe import Recipe
+    from exporters.checkpoint import load_compressed
+
+    recipe = Recipe.from_dict({"name": "cache", "passes": [{"step_cache": {"thresholds": [0.05, 0.2, 0.5, 2.0]}}],
+                               "calibration": {"calib_images": 8, "sampling_steps": STEPS}})
+    handle = compress(dit_dir, recipe, None, tmp_path / "cache")
+    record = next(p for p in handle.info["passes"] if p["pass"] == "step_cache")
+    threshold = record["threshold"]
+    assert handle.info["token_reduction"] == {"method": "step_cache", "threshold": threshold}
+    # the chosen threshold keeps 27 dB on the calibration samples; the next larger one measured does not
+    holding = [float(t) for t, m in record["searched"].items() if m["psnr"] >= 27.0]
+    failing = [float(t) for t, m in record["searched"].items() if m["psnr"] < 27.0]
+    assert threshold == max(holding, default=0.0) and all(t > threshold for t in failing)
+    reloaded = load_compressed(tmp_path / "cache")
+    assert step_cache_of(reloaded.model).threshold == threshold
+    assert torch.equal(draw(reloaded), draw(handle))
+
+
+def test_step_cache_needs_a_dit(tiny_bert_dir, tmp_path, calib_file):
+    from compressor.pipeline import compress
+    from compressor.recipe import load_recipe
+
+    with pytest.raises(CompressorError, match="needs a class-conditional diffusion model"):
+        compress(tiny_bert_dir, load_recipe("step-cache").with_calibration(calib_samples=8), calib_file, tmp_path / "x")
+    with pytest.raises(CompressorError, match=r"step_cache\): field 'threshold'"):
+        from compressor.recipe import Recipe
+
+        Recipe.from_dict({"passes": [{"step_cache": {"threshold": -1.0}}]})
+
+
+def test_compare_reports_sampling_time_block_counts_and_saves_samples(dit_dir, tmp_path):
+    from compressor.cli import main
+    from compressor.pipeline import compress
+    from compressor.recipe import Recipe
+
+    recipe = Recipe.from_dict({"name": "cache", "passes": [{"step_cache": {"threshold": 1e9}}],
+                               "calibration": {"calib_images": 4, "sampling_steps": 3}})
+    compress(dit_dir, recipe, None, tmp_path / "cached")
+    report_dir = tmp_path / "report"
+    assert main(["compare", str(dit_dir), str(tmp_path / "cached"), "--num-samples", "6", "--steps", str(STEPS),
+                 "--batch", "2", "--repeats", "2", "--save-samples", "--report", str(report_dir)]) == 0
+    rows = {row["model"]: row for row in json.loads((report_dir / "report.json").read_text())["models"]}
+    assert rows["original"]["block_evaluations"] == STEPS * 3
+    assert rows["cached"]["block_evaluations"] == 3 + (STEPS - 1)
+    assert rows["cached"]["sampling_seconds"] > 0
+    for name in ("original", "cached"):
+        saved = np.load(report_dir / "samples" / f"{name}.npz")
+        assert saved["images"].shape == (6, 1, 12, 12) and saved["images"].dtype == np.float32
+        assert saved["images"].min() >= -1 and saved["images"].max() <= 1
+        assert saved["labels"].tolist() == [0, 1, 2, 3, 0, 1]
+    from compressor.model import load_model
+
+    original = load_model(dit_dir)
+    labels = torch.arange(6) % 4
+    expected = sample(original.adapter.denoiser(original.model), original.adapter.scheduler(), labels,
+                      shape=(1, 12, 12), steps=STEPS, guidance=1.5, seed=0,
+                      null_conditioning=original.adapter.null_conditioning(original.model, labels))
+    np.testing.assert_array_equal(np.load(report_dir / "samples" / "original.npz")["images"], expected.numpy())
+
+
+@pytest.mark.parametrize("target", ["onnxruntime", "tensorrt"])
+def test_split_graphs_chain_to_the_model_and_run_a_cached_loop(dit_dir, tmp_path, target):
+    from compressor.cli import main
+    from compressor.model import load_model
+    from exporters.onnx_export import onnx_session
+
+    handle = load_model(dit_dir)
+    assert main(["export", str(dit_dir), "--split", "--target", target, "--output", str(tmp_path / "split")]) == 0
+    head, rest, final = (onnx_session(tmp_path / "split" / f"{p}.onnx") for p in ("head", "rest", "final"))
+    batch = {"hidden_states": torch.randn(3, 1, 12, 12), "timestep": torch.tensor([999, 500, 1]),
+             "class_labels": torch.tensor([4, 0, 3])}
+    feeds = {k: v.numpy() for k, v in batch.items()}
+    first, residual = head.run(None, feeds)
+    blocks = rest.run(None, {"first_block_output": first, "timestep": feeds["timestep"],
+                             "class_labels": feeds["class_labels"]})[0]
+    out = final.run(None, {"hidden": first + blocks, "timestep": feeds["timestep"],
+                           "class_labels": feeds["class_labels"]})[0]
+    with torch.no_grad():
+        expected = handle.adapter.forward(handle.model, batch).numpy()
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+
+    # the README's loop, threshold 0: every step runs `rest`, and the samples are the model's
+    scheduler, labels = handle.adapter.scheduler(), torch.arange(4) % 4
+    null = handle.adapter.null_conditioning(handle.model, labels)
+    latents = torch.randn((4, 1, 12, 12), generator=torch.Generator().manual_seed(5))
+    expected = sample(handle.adapter.denoiser(handle.model), handle.adapter.scheduler(), labels, shape=(1, 12, 12),
+                      steps=STEPS, guidance=1.5, seed=5, null_conditioning=null)
+    scheduler.set_timesteps(STEPS)
+    kept = previous = None
+    classes = torch.cat([labels, null]).numpy()
+    for t in scheduler.timesteps:
+        x = torch.cat([latents, latents]).numpy()
+        steps = np.full(len(x), int(t))
+        first, residual = head.run(None, {"hidden_states": x, "timestep": steps, "class_labels": classes})
+        change = np.inf if previous is None else np.abs(residual - previous).mean() / np.abs(previous).mean()
+        if change > 0.0:
+            kept = rest.run(None, {"first_block_output": first, "timestep": steps, "class_labels": classes})[0]
+            previous = residual
+        out = torch.from_numpy(final.run(None, {"hidden": first + kept, "timestep": steps, "class_labels": classes})[0])
+        cond, uncond = out.chunk(2)
+        latents = scheduler.step(uncond + 1.5 * (cond - uncond), t, latents).prev_sample
+    np.testing.assert_allclose(latents.clamp(-1, 1).numpy(), expected.numpy(), atol=1e-3)
