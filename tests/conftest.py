@@ -186,3 +186,22 @@ def tiny_vit(tmp_path_factory):
     write_idx(data / "images-idx3-ubyte", images)
     write_idx(data / "labels-idx1-ubyte", labels)
     return path, data
+
+
+@pytest.fixture(scope="session")
+def tiny_dit_dir(tmp_path_factory) -> Path:
+    """A random class-conditional DiT (3 blocks, 36 latent tokens of a 1×12×12 latent, 4 classes) with its
+    DDIM scheduler."""
+    from diffusers import DDIMScheduler, DiTTransformer2DModel
+
+    torch.manual_seed(0)
+    model = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=16, in_channels=1, out_channels=1,
+                                  num_layers=3, sample_size=12, patch_size=2, num_embeds_ada_norm=4,
+                                  norm_type="ada_norm_zero")
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    path = tmp_path_factory.mktemp("tiny-dit")
+    model.eval().save_pretrained(path)
+    DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction",
+                  timestep_spacing="trailing").save_pretrained(path)
+    return path

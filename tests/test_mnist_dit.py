@@ -165,7 +165,7 @@ def test_cli_compress_and_compare_dit(tmp_path, capsys, judge):
     assert int8["latency_ms_per_step"] > 0 and original["latency_ratio"] == 1.0
 
     md = (report_dir / "report.md").read_text()
-    assert md.startswith("| model | recipe | bits/weight | MACs × | sparsity | PSNR dB | SSIM | judge acc % | Fréchet | ms/step |")
+    assert md.startswith("| model | recipe | bits/weight | MACs × | sparsity | PSNR dB | SSIM | blocks/image | sampling s | judge acc % | Fréchet | ms/step |")
     assert f"| int8 | int8 | {int8['bits_per_weight']:.2f} | 1.00 | – | {int8['psnr_db']:.2f} |" in md
     assert (report_dir / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

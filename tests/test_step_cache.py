@@ -16,24 +16,6 @@ from compressor.errors import CompressorError
 STEPS = 6
 
 
-@pytest.fixture(scope="module")
-def dit_dir(tmp_path_factory):
-    """A random class-conditional DiT (3 blocks, 36 latent tokens, 4 classes) with its DDIM scheduler."""
-    from diffusers import DDIMScheduler, DiTTransformer2DModel
-
-    torch.manual_seed(0)
-    model = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=16, in_channels=1, out_channels=1,
-                                  num_layers=3, sample_size=12, patch_size=2, num_embeds_ada_norm=4,
-                                  norm_type="ada_norm_zero")
-    for p in model.parameters():
-        torch.nn.init.normal_(p, std=0.1)
-    path = tmp_path_factory.mktemp("cache-dit")
-    model.eval().save_pretrained(path)
-    DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction",
-                  timestep_spacing="trailing").save_pretrained(path)
-    return path
-
-
 def draw(handle, seed=3):
     adapter, model = handle.adapter, handle.model
     labels = torch.arange(8) % 4
@@ -41,10 +23,10 @@ def draw(handle, seed=3):
                   guidance=1.5, seed=seed, null_conditioning=adapter.null_conditioning(model, labels))
 
 
-def test_threshold_zero_equals_the_uncached_sampler_exactly(dit_dir):
+def test_threshold_zero_equals_the_uncached_sampler_exactly(tiny_dit_dir):
     from compressor.model import load_model
 
-    handle = load_model(dit_dir)
+    handle = load_model(tiny_dit_dir)
     reference = draw(handle)
     cache = apply_step_cache(handle.model, 0.0)
     assert torch.equal(draw(handle), reference)
@@ -55,10 +37,10 @@ def test_threshold_zero_equals_the_uncached_sampler_exactly(dit_dir):
     assert step_cache_of(handle.model) is None and torch.equal(draw(handle), reference)
 
 
-def test_a_large_threshold_skips_the_blocks_after_the_first(dit_dir):
+def test_a_large_threshold_skips_the_blocks_after_the_first(tiny_dit_dir):
     from compressor.model import load_model
 
-    handle = load_model(dit_dir)
+    handle = load_model(tiny_dit_dir)
     reference = draw(handle)
     cache = apply_step_cache(handle.model, 1e9)  # any change is "small": only the first step computes all
     images = draw(handle)
@@ -68,14 +50,14 @@ def test_a_large_threshold_skips_the_blocks_after_the_first(dit_dir):
     remove_step_cache(handle.model)
 
 
-def test_step_cache_pass_round_trip(dit_dir, tmp_path):
+def test_step_cache_pass_round_trip(tiny_dit_dir, tmp_path):
     from compressor.pipeline import compress
     from compressor.recipe import Recipe
     from exporters.checkpoint import load_compressed
 
     recipe = Recipe.from_dict({"name": "cache", "passes": [{"step_cache": {"thresholds": [0.05, 0.2, 0.5, 2.0]}}],
                                "calibration": {"calib_images": 8, "sampling_steps": STEPS}})
-    handle = compress(dit_dir, recipe, None, tmp_path / "cache")
+    handle = compress(tiny_dit_dir, recipe, None, tmp_path / "cache")
     record = next(p for p in handle.info["passes"] if p["pass"] == "step_cache")
     threshold = record["threshold"]
     assert handle.info["token_reduction"] == {"method": "step_cache", "threshold": threshold}
@@ -100,16 +82,16 @@ def test_step_cache_needs_a_dit(tiny_bert_dir, tmp_path, calib_file):
         Recipe.from_dict({"passes": [{"step_cache": {"threshold": -1.0}}]})
 
 
-def test_compare_reports_sampling_time_block_counts_and_saves_samples(dit_dir, tmp_path):
+def test_compare_reports_sampling_time_block_counts_and_saves_samples(tiny_dit_dir, tmp_path):
     from compressor.cli import main
     from compressor.pipeline import compress
     from compressor.recipe import Recipe
 
     recipe = Recipe.from_dict({"name": "cache", "passes": [{"step_cache": {"threshold": 1e9}}],
                                "calibration": {"calib_images": 4, "sampling_steps": 3}})
-    compress(dit_dir, recipe, None, tmp_path / "cached")
+    compress(tiny_dit_dir, recipe, None, tmp_path / "cached")
     report_dir = tmp_path / "report"
-    assert main(["compare", str(dit_dir), str(tmp_path / "cached"), "--num-samples", "6", "--steps", str(STEPS),
+    assert main(["compare", str(tiny_dit_dir), str(tmp_path / "cached"), "--num-samples", "6", "--steps", str(STEPS),
                  "--batch", "2", "--repeats", "2", "--save-samples", "--report", str(report_dir)]) == 0
     rows = {row["model"]: row for row in json.loads((report_dir / "report.json").read_text())["models"]}
     assert rows["original"]["block_evaluations"] == STEPS * 3
@@ -122,7 +104,7 @@ def test_compare_reports_sampling_time_block_counts_and_saves_samples(dit_dir, t
         assert saved["labels"].tolist() == [0, 1, 2, 3, 0, 1]
     from compressor.model import load_model
 
-    original = load_model(dit_dir)
+    original = load_model(tiny_dit_dir)
     labels = torch.arange(6) % 4
     expected = sample(original.adapter.denoiser(original.model), original.adapter.scheduler(), labels,
                       shape=(1, 12, 12), steps=STEPS, guidance=1.5, seed=0,
@@ -131,13 +113,13 @@ def test_compare_reports_sampling_time_block_counts_and_saves_samples(dit_dir, t
 
 
 @pytest.mark.parametrize("target", ["onnxruntime", "tensorrt"])
-def test_split_graphs_chain_to_the_model_and_run_a_cached_loop(dit_dir, tmp_path, target):
+def test_split_graphs_chain_to_the_model_and_run_a_cached_loop(tiny_dit_dir, tmp_path, target):
     from compressor.cli import main
     from compressor.model import load_model
     from exporters.onnx_export import onnx_session
 
-    handle = load_model(dit_dir)
-    assert main(["export", str(dit_dir), "--split", "--target", target, "--output", str(tmp_path / "split")]) == 0
+    handle = load_model(tiny_dit_dir)
+    assert main(["export", str(tiny_dit_dir), "--split", "--target", target, "--output", str(tmp_path / "split")]) == 0
     head, rest, final = (onnx_session(tmp_path / "split" / f"{p}.onnx") for p in ("head", "rest", "final"))
     batch = {"hidden_states": torch.randn(3, 1, 12, 12), "timestep": torch.tensor([999, 500, 1]),
              "class_labels": torch.tensor([4, 0, 3])}

@@ -315,23 +315,6 @@ def test_cli_compress_export_and_compare_a_vit(tiny_vit, tmp_path, capsys):
 # --- Diffusion Transformers: merge around attention and MLP, unmerge after ------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_dit_dir(tmp_path_factory):
-    from diffusers import DDIMScheduler, DiTTransformer2DModel
-
-    torch.manual_seed(0)
-    model = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=16, in_channels=1, out_channels=1,
-                                  num_layers=2, sample_size=8, patch_size=2, num_embeds_ada_norm=4,
-                                  norm_type="ada_norm_zero")
-    for p in model.parameters():
-        torch.nn.init.normal_(p, std=0.1)
-    path = tmp_path_factory.mktemp("tome-dit")
-    model.eval().save_pretrained(path)
-    DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction",
-                  timestep_spacing="trailing").save_pretrained(path)
-    return path
-
-
 def test_dit_mlp_on_merged_duplicates_is_unchanged(tiny_dit_dir):
     from compressor.model import load_model
     from compressor.tokens.dit_merge import patch_dit_token_merging
@@ -340,11 +323,11 @@ def test_dit_mlp_on_merged_duplicates_is_unchanged(tiny_dit_dir):
     ff = handle.model.transformer_blocks[0].ff
     x = torch.randn(2, 8, 32).repeat_interleave(2, dim=1)  # tokens 2k and 2k+1 equal: a perfect pair each
     expected = ff(x)
-    patch_dit_token_merging(handle.model, [4, 0])
+    patch_dit_token_merging(handle.model, [4, 0, 0])
     # merging pairs of equal tokens and unmerging after a token-wise MLP changes nothing
     torch.testing.assert_close(ff(x), expected, rtol=1e-5, atol=1e-6)
     assert "forward" in ff.__dict__ and "forward" not in handle.model.transformer_blocks[1].ff.__dict__
-    patch_dit_token_merging(handle.model, [0, 0])
+    patch_dit_token_merging(handle.model, [0, 0, 0])
     assert "forward" not in ff.__dict__
 
 
@@ -357,9 +340,9 @@ def test_dit_tome_round_trip_and_onnx(tiny_dit_dir, tmp_path):
     recipe = Recipe.from_dict({"name": "dit-tome", "passes": [{"tome": {"r": 4, "schedule": "constant"}}],
                                "calibration": {"calib_images": 4, "sampling_steps": 3}})
     handle = compress(tiny_dit_dir, recipe, None, tmp_path / "dit-tome")
-    assert handle.info["token_reduction"]["schedule"] == [4, 4]
+    assert handle.info["token_reduction"]["schedule"] == [4, 4, 4]
     reloaded = load_compressed(tmp_path / "dit-tome")
-    batch = {"hidden_states": torch.randn(3, 1, 8, 8), "timestep": torch.tensor([999, 500, 1]),
+    batch = {"hidden_states": torch.randn(3, 1, 12, 12), "timestep": torch.tensor([999, 500, 1]),
              "class_labels": torch.tensor([4, 0, 3])}
     with torch.no_grad():
         expected = reloaded.adapter.forward(reloaded.model, batch)

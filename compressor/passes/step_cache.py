@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from compressor.diffusion.quality import psnr
 from compressor.diffusion.sampling import sample
 from compressor.diffusion.step_cache import apply_step_cache, remove_step_cache
 from compressor.errors import CompressorError
@@ -63,6 +62,8 @@ class StepCachePass(Pass):
         if handle.adapter.kind != "diffusion" or handle.adapter.num_classes(handle.model) is None:
             raise CompressorError("step caching (step_cache) needs a class-conditional diffusion model (a DiT), "
                                   f"not a{'n' if handle.adapter.kind[0] in 'aeiou' else ''} {handle.adapter.kind} model")
+        from compressor.diffusion.quality import psnr  # it imports exporters, which import the passes
+
         measured: dict[float, dict] = {}
         if cfg.threshold is not None:
             threshold = cfg.threshold
