@@ -379,3 +379,26 @@ def test_int4_groups_fit_narrow_layers():
 
     assert layer_group_size(128, 64) == 64 and layer_group_size(128, 32) == 32
     assert layer_group_size(128, 384) == 128 and layer_group_size(128, 128) == 128
+
+
+def test_structured_pruning_then_merging_on_a_vit(tiny_vit, tmp_path):
+    from compressor.pipeline import compress
+    from compressor.recipe import Recipe
+    from exporters.checkpoint import load_compressed
+    from exporters.onnx_export import export_onnx, onnx_session
+
+    model_dir, data = tiny_vit
+    recipe = Recipe.from_dict({"name": "pruned-tome", "passes": [{"prune_structured": {"keep_macs": 0.6}},
+                                                                 {"tome": {"r": 2, "schedule": "constant"}}],
+                               "calibration": {"calib_samples": 64}})
+    handle = compress(model_dir, recipe, data, tmp_path / "out")
+    reloaded = load_compressed(tmp_path / "out")
+    heads = [reloaded.model.get_submodule(f"vit.layers.{i}.attention").num_attention_heads for i in range(2)]
+    widths = [reloaded.model.get_submodule(f"vit.layers.{i}.mlp.fc1").out_features for i in range(2)]
+    assert heads != [2, 2] or widths != [64, 64]  # something was removed
+    assert heads == [handle.model.get_submodule(f"vit.layers.{i}.attention").num_attention_heads for i in range(2)]
+    x = reloaded.adapter.images(reloaded, data, "evaluation")[0][:8]
+    expected = reloaded.adapter.forward(reloaded.model, {"pixel_values": x})
+    torch.testing.assert_close(handle.adapter.forward(handle.model, {"pixel_values": x}), expected)
+    got = onnx_session(export_onnx(reloaded, tmp_path / "m.onnx", "onnxruntime")).run(None, {"pixel_values": x.numpy()})[0]
+    np.testing.assert_allclose(got, expected.detach().numpy(), rtol=1e-4, atol=1e-5)
