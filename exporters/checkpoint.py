@@ -60,6 +60,10 @@ def model_card(record: dict) -> str:
         lines.append(f"- Embedding `{table['name']}` in {table['format']} ({table['bits']:.2f} bits per value).")
     for layer in floats:
         lines.append(f"- `{layer['name']}` kept in float: {layer['note']}")
+    reduction = record.get("token_reduction")
+    if reduction:
+        settings = ", ".join(f"{k} {v}" for k, v in reduction.items() if k != "method")
+        lines.append(f"- Token reduction `{reduction['method']}` ({settings}), applied again when the checkpoint loads.")
     lines += ["", "Reload with `compressor.load_compressed(path)`; export with `compressor export`."]
     return "\n".join(lines) + "\n"
 

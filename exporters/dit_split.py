@@ -58,8 +58,8 @@ def run_part(model, part: str, batch: dict[str, torch.Tensor]):
 class _PartAdapter:
     """The DiT adapter seen through one part: its inputs, outputs and forward (what export_onnx asks for)."""
 
-    def __init__(self, base, part: str, dummies: dict[str, torch.Tensor]):
-        self.base, self.part, self.dummies = base, part, dummies
+    def __init__(self, part: str, dummies: dict[str, torch.Tensor]):
+        self.part, self.dummies = part, dummies
         self.inputs, self.output_names = PARTS[part]
 
     def input_names(self, tokenizer=None) -> tuple[str, ...]:
@@ -94,7 +94,7 @@ def export_dit_split(handle: ModelHandle, directory: str | Path, target: str = "
             dummies["hidden"] = dummies["first_block_output"] + run_part(model, "rest", dummies)
         with atomic_directory(directory, overwrite) as scratch:
             for part in PARTS:
-                view = ModelHandle(model, None, _PartAdapter(handle.adapter, part, dummies), handle.source, handle.info)
+                view = ModelHandle(model, None, _PartAdapter(part, dummies), handle.source, handle.info)
                 export_onnx(view, scratch / f"{part}.onnx", target)
     finally:
         if cache is not None:

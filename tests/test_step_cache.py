@@ -154,3 +154,13 @@ def test_split_graphs_chain_to_the_model_and_run_a_cached_loop(tiny_dit_dir, tmp
         cond, uncond = out.chunk(2)
         latents = scheduler.step(uncond + 1.5 * (cond - uncond), t, latents).prev_sample
     np.testing.assert_allclose(latents.clamp(-1, 1).numpy(), expected.numpy(), atol=1e-3)
+
+
+def test_model_card_names_the_token_reduction(tiny_dit_dir, tmp_path):
+    from compressor.pipeline import compress
+    from compressor.recipe import Recipe
+
+    recipe = Recipe.from_dict({"name": "cache", "passes": [{"step_cache": {"threshold": 0.3}}],
+                               "calibration": {"calib_images": 4, "sampling_steps": 3}})
+    compress(tiny_dit_dir, recipe, None, tmp_path / "cached")
+    assert "- Token reduction `step_cache` (threshold 0.3), applied again" in (tmp_path / "cached" / "README.md").read_text()

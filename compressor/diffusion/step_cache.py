@@ -25,7 +25,6 @@ class StepCache:
     def __init__(self, model: nn.Module, threshold: float):
         self.model, self.threshold = model, threshold
         self.block_evaluations = 0
-        self.calls = 0
         self.trajectories = 0
         self._last_timestep: float | None = None
 
@@ -33,7 +32,7 @@ class StepCache:
         self.block_evaluations += 1
 
     def reset_counts(self) -> None:
-        self.block_evaluations = self.calls = self.trajectories = 0
+        self.block_evaluations = self.trajectories = 0
 
     def before_call(self, timestep) -> None:
         from diffusers.hooks import HookRegistry
@@ -43,7 +42,6 @@ class StepCache:
             HookRegistry.check_if_exists_or_initialize(self.model).reset_stateful_hooks()
             self.trajectories += 1
         self._last_timestep = t
-        self.calls += 1
 
 
 def _counting(block: nn.Module, cache: StepCache):
