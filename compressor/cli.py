@@ -29,6 +29,8 @@ def _compress(args) -> None:
         if args.max_bits <= 0:
             raise CompressorError(f"--max-bits must be > 0, got {args.max_bits}")
         quantize.config.max_bits = args.max_bits
+    if args.vq_dim is not None or args.vq_entries is not None:
+        _set_vq_shape(recipe, args.vq_dim, args.vq_entries)
     if args.keep_macs is not None:
         prune = recipe.find("prune_structured")
         if prune is None:
@@ -45,6 +47,24 @@ def _compress(args) -> None:
     size, original = checkpoint_bytes(args.output), checkpoint_bytes(handle.info["source"])
     print(f"wrote {args.output} in {handle.info['seconds']:.1f} s: weights {size / 1e6:.1f} MB on disk, "
           f"{size / max(original, 1):.3f}x the original's {original / 1e6:.1f} MB")
+
+
+def _set_vq_shape(recipe, dim: int | None, entries: int | None) -> None:
+    """--vq-dim/--vq-entries: the sub-vector size and codebook size of every VQ scheme the recipe uses."""
+    from compressor.numerics.formats import SCHEMES, VQ_SHAPES
+    from compressor.numerics.vq import check_vq_shape
+
+    quantize = recipe.find("quantize")
+    config = quantize.config if quantize is not None else None
+    schemes = [] if config is None else [config.scheme, *config.candidates, *config.formats.values()]
+    vq = [s for s in schemes if SCHEMES[s].weight in VQ_SHAPES]
+    if not vq:
+        raise CompressorError(f"--vq-dim/--vq-entries need a recipe with vector quantization (vq3, vq2, vq-mix); "
+                              f"'{recipe.name}' has none")
+    default_dim, default_entries = VQ_SHAPES[SCHEMES[vq[0]].weight]
+    dim, entries = dim or default_dim, entries or default_entries
+    check_vq_shape(dim, entries, where="--vq-dim/--vq-entries")
+    quantize.config = type(config)(**{**config.model_dump(), "vq_dim": dim, "vq_entries": entries})
 
 
 def _sensitivity_cell(layer: dict) -> str:
@@ -186,7 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir", help="Hugging Face checkpoint directory, or 'default' for the embedded all-MiniLM-L6-v2")
     p.add_argument("--recipe", default="int8", help=f"preset name ({', '.join(PRESETS)}) or a recipe .yaml file")
     p.add_argument("--max-bits", type=float,
-                   help="budget in effective bits per weight for a per-layer format search (fp4-int8 default: 5.0)")
+                   help="budget in effective bits per weight for a per-layer format search (fp4-int8 default: 5.0, vq3: 3.0, vq-mix: 2.5)")
+    p.add_argument("--vq-dim", type=int, metavar="D",
+                   help="vector quantization: weights per sub-vector (vq3: 2, vq2: 4)")
+    p.add_argument("--vq-entries", type=int, metavar="K",
+                   help="vector quantization: codebook entries per layer (vq3: 64, vq2: 256); indices take "
+                   "ceil(log2 K) bits")
     p.add_argument("--keep-macs", type=float, metavar="FRACTION",
                    help="structured pruning budget: the fraction of the blocks' Linear multiply-accumulates to keep "
                    "(prune-structured presets; default 0.6)")

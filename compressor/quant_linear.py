@@ -16,6 +16,7 @@ from compressor.numerics.hadamard import check_rotatable, hadamard_matrix, rotat
 from compressor.numerics.int8 import fake_quantize_int8
 from compressor.numerics.mxfp4 import fake_quantize_mxfp4
 from compressor.numerics.nvfp4 import fake_quantize_nvfp4
+from compressor.numerics.vq import check_vq_shape
 from compressor.registry import Registry
 
 WEIGHT_PREFIX = "weight_"
@@ -29,6 +30,7 @@ class PackedWeight(nn.Module):
 
     def register_packed_weight(self, fmt, rows: int, columns: int) -> None:
         self.format = fmt
+        self._packed_shape = (rows, columns)
         # Shapes and dtypes of the stored tensors: quantize a zero weight.
         for key, value in fmt.quantize(torch.zeros(rows, columns)).items():
             self.register_buffer(WEIGHT_PREFIX + key, value)
@@ -45,7 +47,7 @@ class PackedWeight(nn.Module):
 
     def dequantized_weight(self) -> torch.Tensor:
         if self._weight_cache is None:
-            self._weight_cache = self.format.dequantize(self.stored_weight())
+            self._weight_cache = self.format.dequantize_as(self.stored_weight(), *self._packed_shape)
         return self._weight_cache
 
     def storage_bytes(self) -> int:
@@ -68,13 +70,17 @@ class QuantLinear(PackedWeight):
         group_size: int = 128,
         symmetric: bool = True,
         rotation: int = 0,
+        vq_shape: tuple[int, int] | None = None,
     ):
         super().__init__()
         self.scheme: Scheme = SCHEMES[scheme]
         if self.scheme.weight is None:
             raise ValueError("QuantLinear needs a scheme with a quantized weight")
         self.in_features, self.out_features = in_features, out_features
-        self.register_packed_weight(make_weight_format(self.scheme.weight, group_size, symmetric), out_features, in_features)
+        fmt = make_weight_format(self.scheme.weight, group_size, symmetric, vq_shape)
+        if fmt.name == "vq":
+            check_vq_shape(fmt.dim, fmt.entries, in_features)
+        self.register_packed_weight(fmt, out_features, in_features)
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
         self.register_buffer("input_smooth", torch.ones(in_features) if smooth else None)
         has_input_scale = self.scheme.activation in ("int8", "fp8", "nvfp4")
@@ -99,13 +105,14 @@ class QuantLinear(PackedWeight):
         group_size: int = 128,
         symmetric: bool = True,
         rotation: int = 0,
+        vq_shape: tuple[int, int] | None = None,
     ) -> "QuantLinear":
         """``rounded_weight``/``scales``: a weight already on the format's grid (error-compensating
         rounding), stored as is (with ``rotation``, the rounded rotated weight). Otherwise the
         (smoothed, rotated) float weight is rounded to nearest."""
         layer = cls(
             linear.in_features, linear.out_features, linear.bias is not None, scheme,
-            input_smooth is not None, group_size, symmetric, rotation,
+            input_smooth is not None, group_size, symmetric, rotation, vq_shape,
         )
         weight = linear.weight.detach().float()
         if input_smooth is not None:
@@ -128,12 +135,13 @@ class QuantLinear(PackedWeight):
         return {"module": self.registered_name, "in_features": self.in_features, "out_features": self.out_features,
                 "bias": self.bias is not None, "scheme": self.scheme.name, "smooth": self.input_smooth is not None,
                 "group_size": fmt.get("group_size", 128), "symmetric": fmt.get("symmetric", True),
-                "rotation": self.rotation}
+                "rotation": self.rotation, **({"vq_shape": [fmt["vq_dim"], fmt["vq_entries"]]} if "vq_dim" in fmt else {})}
 
     @classmethod
     def from_entry(cls, entry: dict) -> "QuantLinear":
         return cls(entry["in_features"], entry["out_features"], entry["bias"], entry["scheme"], entry["smooth"],
-                   entry["group_size"], entry["symmetric"], entry.get("rotation", 0))
+                   entry["group_size"], entry["symmetric"], entry.get("rotation", 0),
+                   tuple(entry["vq_shape"]) if "vq_shape" in entry else None)
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_smooth is not None:

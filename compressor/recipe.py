@@ -164,6 +164,14 @@ PRESETS: dict[str, list] = {
     "sparse24-int8": [{"sparsify": {"target": "2:4"}}, {"smoothquant": {}}, {"quantize": {"scheme": "int8", "observer": "mse"}},
                       {"fallback": {}}],
     "sparse24-w4a16-nvfp4": [{"sparsify": {"target": "2:4"}}, {"quantize": {"scheme": "w4a16-nvfp4", "rounding": "gptq"}}],
+    # Vector quantization: Hessian-weighted k-means codebooks per layer, GPTVQ error feedback. vq3 (2-weight
+    # sub-vectors, 64 entries) costs 3.04 bits on MiniLM with its codebooks and row scales, so the preset searches
+    # vq3 against vq2 for the few layers that pay for that within 3.0 bits; vq2 is 4-weight sub-vectors, 256 entries.
+    "vq3": [{"quantize": {"scheme": "vq3", "candidates": ["vq3", "vq2"], "max_bits": 3.0, "rounding": "gptq"}}],
+    "vq2": [{"quantize": {"scheme": "vq2", "rounding": "gptq"}}],
+    # Per layer VQ or a scalar format (INT3, NVFP4 or INT8 weights), the least output error within --max-bits.
+    "vq-mix": [{"quantize": {"scheme": "vq2", "candidates": ["vq2", "vq3", "w3a16-int3", "w4a16-nvfp4", "w8a16-int8"],
+                             "max_bits": 2.5, "rounding": "gptq"}}],
     # Token merging (ToMe) for ViTs and BERT-family encoders: the most tokens merged (2r in the first block
     # down to 0 in the last) that keeps the model output error on the calibration inputs within 1.5%.
     "tome": [{"tome": {}}],

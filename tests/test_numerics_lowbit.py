@@ -436,4 +436,4 @@ def test_bits_per_weight(name, kwargs, in_features, bits):
 
 def test_make_weight_format_rejects_unknown_name():
     with pytest.raises(ValueError, match="unknown weight format"):
-        make_weight_format("int3")
+        make_weight_format("int5")

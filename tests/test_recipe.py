@@ -22,7 +22,8 @@ def test_presets_are_pass_lists():
     flat = {"int8", "int8-minmax", "nvfp4", "mxfp4", "w4a16-nvfp4", "int4-awq", "fp8", "fp4-int8", "w4a8"}
     pruning = {"prune-structured", "prune-structured-int8", "sparse24", "sparse24-int8", "sparse24-w4a16-nvfp4"}
     tokens = {"tome", "tome-int8", "step-cache", "step-cache-int8"}
-    assert set(PRESETS) == flat | pruning | tokens
+    vq = {"vq3", "vq2", "vq-mix"}
+    assert set(PRESETS) == flat | pruning | tokens | vq
     assert set(FLAT_PRESETS) == flat  # flat recipe files predate pruning
     assert names(load_recipe("int8")) == ["smoothquant", "quantize", "fallback"]
     assert names(load_recipe("int8-minmax")) == ["quantize"]

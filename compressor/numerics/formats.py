@@ -12,10 +12,11 @@ import torch
 
 from compressor.numerics.fp4 import round_to_e2m1
 from compressor.numerics.fp8 import E4M3_MAX, decode_e8m0, dequantize_fp8, encode_e8m0, quantize_fp8, to_e4m3
-from compressor.numerics.int4 import dequantize_int4, int4_scales, quantize_int4
+from compressor.numerics.int4 import dequantize_int3, dequantize_int4, int4_scales, quantize_int3, quantize_int4
 from compressor.numerics.int8 import INT8_MAX, INT8_MIN, dequantize_int8, int8_scale, quantize_int8
 from compressor.numerics.mxfp4 import MXFP4_BLOCK, dequantize_mxfp4, mxfp4_exponents, quantize_mxfp4
 from compressor.numerics.nvfp4 import NVFP4_BLOCK, dequantize_nvfp4, nvfp4_block_scales, nvfp4_tensor_scale, quantize_nvfp4
+from compressor.numerics.vq import check_vq_shape, dequantize_vq, quantize_vq, vq_bits_per_weight
 
 Tensors = dict[str, torch.Tensor]
 
@@ -24,7 +25,7 @@ class WeightFormat:
     name: str
     group_size: int | None = None  # None: one scale per output row
 
-    def bits_per_weight(self, in_features: int) -> float:
+    def bits_per_weight(self, in_features: int, out_features: int | None = None) -> float:
         raise NotImplementedError
 
     def shared_scales(self, w: torch.Tensor) -> Tensors:
@@ -45,6 +46,10 @@ class WeightFormat:
     def dequantize(self, t: Tensors) -> torch.Tensor:
         raise NotImplementedError
 
+    def dequantize_as(self, t: Tensors, rows: int, columns: int) -> torch.Tensor:
+        """``dequantize`` for a format whose stored tensors do not tell the weight's shape."""
+        return self.dequantize(t)
+
     def describe(self) -> dict:
         return {"weight_format": self.name}
 
@@ -52,7 +57,7 @@ class WeightFormat:
 class Int8Weight(WeightFormat):
     name = "int8"
 
-    def bits_per_weight(self, in_features: int) -> float:
+    def bits_per_weight(self, in_features: int, out_features: int | None = None) -> float:
         return 8 + 32 / in_features
 
     def group_scales(self, w_group, shared):
@@ -72,7 +77,7 @@ class Int8Weight(WeightFormat):
 class Fp8Weight(WeightFormat):
     name = "fp8"
 
-    def bits_per_weight(self, in_features: int) -> float:
+    def bits_per_weight(self, in_features: int, out_features: int | None = None) -> float:
         return 8 + 32 / in_features
 
     def group_scales(self, w_group, shared):
@@ -98,17 +103,18 @@ class Int4Weight(WeightFormat):
     group_size: int = 128
     symmetric: bool = True
     name = "int4"
+    bits = 4
 
-    def bits_per_weight(self, in_features: int) -> float:
-        return 4 + (32 + (0 if self.symmetric else 8)) / self.group_size
+    def bits_per_weight(self, in_features: int, out_features: int | None = None) -> float:
+        return self.bits + (32 + (0 if self.symmetric else 8)) / self.group_size
 
     def group_scales(self, w_group, shared):
-        scale, zero = int4_scales(w_group, w_group.shape[1], self.symmetric)
+        scale, zero = int4_scales(w_group, w_group.shape[1], self.symmetric, self.bits)
         return {"scale": scale, "zero": zero}
 
     def fake_quantize(self, w, scales):
         scale, zero = scales["scale"], scales["zero"].float()
-        return ((torch.round(w / scale) + zero).clamp(0, 15) - zero) * scale
+        return ((torch.round(w / scale) + zero).clamp(0, 2**self.bits - 1) - zero) * scale
 
     def quantize(self, w, scales=None):
         if scales is None:
@@ -122,11 +128,28 @@ class Int4Weight(WeightFormat):
         return {"weight_format": self.name, "group_size": self.group_size, "symmetric": self.symmetric}
 
 
+@dataclass
+class Int3Weight(Int4Weight):
+    """Group-wise INT3: the INT4 grids with 8 levels, codes bit-packed 8 per 3 bytes."""
+
+    group_size: int = 64
+    name = "int3"
+    bits = 3
+
+    def quantize(self, w, scales=None):
+        if scales is None:
+            return quantize_int3(w, self.group_size, self.symmetric)
+        return quantize_int3(w, self.group_size, self.symmetric, scales["scale"], scales["zero"])
+
+    def dequantize(self, t):
+        return dequantize_int3(t["codes"], t["scale"], t["zero"], self.group_size)
+
+
 class Nvfp4Weight(WeightFormat):
     name = "nvfp4"
     group_size = NVFP4_BLOCK
 
-    def bits_per_weight(self, in_features: int) -> float:
+    def bits_per_weight(self, in_features: int, out_features: int | None = None) -> float:
         return 4 + 8 / NVFP4_BLOCK
 
     def shared_scales(self, w):
@@ -152,7 +175,7 @@ class Mxfp4Weight(WeightFormat):
     name = "mxfp4"
     group_size = MXFP4_BLOCK
 
-    def bits_per_weight(self, in_features: int) -> float:
+    def bits_per_weight(self, in_features: int, out_features: int | None = None) -> float:
         return 4 + 8 / MXFP4_BLOCK
 
     def group_scales(self, w_group, shared):
@@ -169,15 +192,62 @@ class Mxfp4Weight(WeightFormat):
         return dequantize_mxfp4(t["packed"], t["scale"])
 
 
+@dataclass
+class VqWeight(WeightFormat):
+    """Vector quantization (compressor/numerics/vq.py): sub-vectors of ``dim`` input columns as indices
+    into a per-layer FP16 codebook of ``entries`` vectors, FP16 scale per row. Rounding is whole sub-vectors,
+    so the column-group interface of scalar formats (``group_scales``/``fake_quantize``) does not apply:
+    error-compensating VQ lives in compressor/passes/gptvq.py."""
+
+    dim: int = 2
+    entries: int = 64
+    name = "vq"
+
+    def __post_init__(self):
+        check_vq_shape(self.dim, self.entries)
+
+    def bits_per_weight(self, in_features: int, out_features: int | None = None) -> float:
+        if out_features is None:
+            raise ValueError("VQ bits per weight depend on the layer's rows (the codebook is per layer)")
+        return vq_bits_per_weight(self.dim, self.entries, out_features, in_features)
+
+    def quantize(self, w, scales=None):
+        """``scales``: {'codebook', 'scale'} fixed by error-compensating VQ (``w`` then lies on that grid)."""
+        scales = scales or {}
+        codebook = scales.get("codebook")
+        if codebook is None and not bool(w.any()):  # the zero weight a module registers its buffers with
+            codebook = torch.zeros(self.entries, self.dim)
+        return quantize_vq(w, self.dim, self.entries, codebook, scales.get("scale"))
+
+    def dequantize(self, t):
+        raise ValueError("a VQ weight needs its shape to be dequantized: use dequantize_as")
+
+    def dequantize_as(self, t, rows, columns):
+        return dequantize_vq(t, self.dim, self.entries, columns)
+
+    def describe(self) -> dict:
+        return {"weight_format": self.name, "vq_dim": self.dim, "vq_entries": self.entries}
+
+
+# (sub-vector dimension, codebook entries) of the VQ schemes: 6-bit indices per 2 weights, 8-bit per 4.
+VQ_SHAPES = {"vq3": (2, 64), "vq2": (4, 256)}
+
+
 def layer_group_size(group_size: int, in_features: int) -> int:
     """INT4 group size for a layer: a layer narrower than the group is one group per row (a small ViT's
     64-wide inputs under the default 128), anything else keeps the recipe's size."""
     return in_features if in_features < group_size else group_size
 
 
-def make_weight_format(name: str, group_size: int = 128, symmetric: bool = True) -> WeightFormat:
+def make_weight_format(name: str, group_size: int = 128, symmetric: bool = True,
+                       vq_shape: tuple[int, int] | None = None) -> WeightFormat:
+    """``vq_shape`` (dim, entries) replaces a VQ scheme's own (``VQ_SHAPES``)."""
     if name == "int4":
         return Int4Weight(group_size, symmetric)
+    if name == "int3":
+        return Int3Weight(group_size, symmetric)
+    if name in VQ_SHAPES:
+        return VqWeight(*(vq_shape or VQ_SHAPES[name]))
     formats = {"int8": Int8Weight, "fp8": Fp8Weight, "nvfp4": Nvfp4Weight, "mxfp4": Mxfp4Weight}
     if name not in formats:
         raise ValueError(f"unknown weight format {name!r}")
@@ -207,16 +277,24 @@ SCHEMES: dict[str, Scheme] = {s.name: s for s in [
     Scheme("w4a16-mxfp4", "mxfp4", "none", "MXFP4 weights, float inputs"),
     Scheme("w4a16-int4", "int4", "none", "group-wise INT4 weights, float inputs"),
     Scheme("w8a16-int8", "int8", "none", "per-channel INT8 weights, float inputs"),
+    Scheme("w3a16-int3", "int3", "none", "group-wise INT3 weights, float inputs"),
     Scheme("w4a8-int4", "int4", "int8", "group-wise INT4 weights, static per-tensor INT8 inputs"),
     Scheme("w4a8-nvfp4", "nvfp4", "int8", "NVFP4 weights, static per-tensor INT8 inputs"),
+    Scheme("vq3", "vq3", "none", "vector-quantized weights, about 3 bits (2-weight sub-vectors, 64 entries), float inputs"),
+    Scheme("vq2", "vq2", "none", "vector-quantized weights, about 2 bits (4-weight sub-vectors, 256 entries), float inputs"),
+    Scheme("vq3-int8", "vq3", "int8", "about 3-bit vector-quantized weights, static per-tensor INT8 inputs"),
+    Scheme("vq2-int8", "vq2", "int8", "about 2-bit vector-quantized weights, static per-tensor INT8 inputs"),
+    Scheme("vq3-fp8", "vq3", "fp8", "about 3-bit vector-quantized weights, static per-tensor FP8 inputs"),
     Scheme("float", None, "none", "kept in 16/32-bit float"),
 ]}
 
 ACTIVATION_BLOCK = {"nvfp4": NVFP4_BLOCK, "mxfp4": MXFP4_BLOCK}
 
 
-def scheme_bits(scheme: Scheme, in_features: int, group_size: int = 128, symmetric: bool = True) -> float:
-    """Effective bits per weight with scale overhead; a float layer counts as 16 (its deployed width)."""
+def scheme_bits(scheme: Scheme, in_features: int, group_size: int = 128, symmetric: bool = True,
+                out_features: int | None = None, vq_shape: tuple[int, int] | None = None) -> float:
+    """Effective bits per weight with scale (and codebook) overhead; a float layer counts as 16 (its
+    deployed width). VQ schemes need ``out_features``: their codebook is per layer."""
     if scheme.weight is None:
         return 16.0
-    return make_weight_format(scheme.weight, group_size, symmetric).bits_per_weight(in_features)
+    return make_weight_format(scheme.weight, group_size, symmetric, vq_shape).bits_per_weight(in_features, out_features)

@@ -17,7 +17,9 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from calibrators.observers import make_observer
-from compressor.numerics.formats import ACTIVATION_BLOCK, SCHEMES, layer_group_size, make_weight_format, scheme_bits
+from compressor.errors import CompressorError
+from compressor.numerics.formats import ACTIVATION_BLOCK, SCHEMES, VQ_SHAPES, layer_group_size, make_weight_format, scheme_bits
+from compressor.numerics.vq import check_vq_shape, nearest_entries, sub_vectors
 from compressor.numerics.hadamard import hadamard_rotate, rotatable, rotate_hessian, rotated_amax_bound
 from compressor.passes.awq import search_awq_scales
 from compressor.passes.base import PASSES, Pass, PassConfig
@@ -50,6 +52,12 @@ class QuantizeConfig(PassConfig):
     rotation: Literal["none", "hadamard"] = "none"
     group_size: int = Field(128, ge=2, multiple_of=2)  # INT4 groups
     symmetric: bool = True
+    # Vector quantization (vq schemes): (sub-vector dim, codebook entries) replacing the schemes' own;
+    # candidate-assignment refinement steps on the layer output error (0: off) and candidates per sub-vector.
+    vq_dim: int | None = Field(None, ge=1)
+    vq_entries: int | None = Field(None, ge=2)
+    vq_refine_steps: int = Field(0, ge=0)
+    vq_candidates: int = Field(4, ge=1)
     observer: Literal[OBSERVER_NAMES] = "percentile"
     percentile: float = Field(99.99, gt=0, le=100)
     exclude: list[str] = Field(default_factory=list)
@@ -66,7 +74,18 @@ class QuantizeConfig(PassConfig):
             raise ValueError(f"candidates: expected schemes ({known}), got {self.candidates!r}")
         if self.candidates and self.max_bits <= 0:
             raise ValueError("max_bits: a per-layer search over candidates needs a budget > 0")
+        if (self.vq_dim is None) != (self.vq_entries is None):
+            raise ValueError("vq_dim: give vq_dim and vq_entries together")
+        if self.vq_dim is not None:
+            try:
+                check_vq_shape(self.vq_dim, self.vq_entries, where="quantize")
+            except CompressorError as exc:
+                raise ValueError(str(exc).removeprefix("quantize: ")) from None
         return self
+
+    @property
+    def vq_shape(self) -> tuple[int, int] | None:
+        return None if self.vq_dim is None else (self.vq_dim, self.vq_entries)
 
     def make_observer(self):
         return make_observer(self.observer, **({"percentile": self.percentile} if self.observer == "percentile" else {}))
@@ -110,7 +129,7 @@ class _Candidates:
         self.linears = {n: self.model.get_submodule(n) for n in options}
         self.masks = sparsity.get("masks", {}) if sparsity else {}  # left by a sparsify pass
         quantized = [n for n in options if any(SCHEMES[s].weight for s in options[n])]
-        gptq_layers = {n for n in quantized if any(self._uses_gptq(s) for s in options[n])}
+        gptq_layers = {n for n in quantized if any(self._uses_gptq(s) or _is_vq(s) for s in options[n])}
         calibration.require(quantized)  # one run over the batches for every layer's input sample
         if gptq_layers:
             calibration.require(sorted(gptq_layers, key=quantized.index), samples=False, hessians=True)
@@ -123,6 +142,8 @@ class _Candidates:
 
     def _smoothing(self, name: str, scheme: str) -> SmoothingChoice | None:
         weight = self.linears[name].weight
+        if _is_vq(scheme):  # AWQ's scale search rounds column groups; VQ rounds sub-vectors
+            return None
         sample = self.calibration.samples(name)
         if scheme == "int8":
             smoothquant = self.migrations.get("int8")
@@ -160,9 +181,7 @@ class _Candidates:
     def build(self, name: str, scheme: str) -> tuple[nn.Module, LayerRecord]:
         linear, recipe = self.linears[name], self.recipe
         spec, group_size = SCHEMES[scheme], layer_group_size(recipe.group_size, linear.in_features)
-        record = LayerRecord(
-            name, scheme, scheme_bits(spec, linear.in_features, group_size, recipe.symmetric), linear.weight.numel()
-        )
+        record = LayerRecord(name, scheme, _bits(self.model, name, scheme, recipe), linear.weight.numel())
         if spec.weight is None:
             if kept_by_default(name, recipe, self.handle.adapter.keep_float):
                 record.note = "kept in float by default (conditioning or output projection; outside the bit budget)"
@@ -185,7 +204,9 @@ class _Candidates:
             # Rotated: a bound no calibration token's rotated input exceeds, whatever its signs.
             record.input_amax = float(rotated_amax_bound(amax, rotation) if rotation else amax.max())
         rounded = scales = None
-        if self._uses_gptq(scheme):
+        if _is_vq(scheme):
+            rounded, scales = self._vector_quantize(name, record, rotation)
+        elif self._uses_gptq(scheme):
             from compressor.passes.gptq import gptq_quantize
 
             fmt = make_weight_format(spec.weight, group_size, recipe.symmetric)
@@ -203,12 +224,47 @@ class _Candidates:
                     f"GPTQ damping raised to {report['damp']:g} (the Hessian was near singular)"
         module = QuantLinear.from_linear(
             linear, scheme, record.input_amax or None, smooth, rounded, scales, group_size, recipe.symmetric,
-            rotation=rotation,
+            rotation=rotation, vq_shape=recipe.vq_shape,
         )
         if mask is not None and bool((module.dequantized_weight()[~mask] != 0).any()):
             raise ValueError(f"{name}: {scheme} does not keep the sparse layer's zeros")  # a format without an exact 0
         record.error = _layer_error(module, linear, self.calibration.samples(name))
         return module, record
+
+
+    def _vector_quantize(self, name: str, record: LayerRecord, rotation: int) -> tuple[torch.Tensor, dict]:
+        """Codebook, indices and scales of a VQ layer: Hessian-weighted k-means, then GPTVQ's error
+        feedback (``rounding: gptq``) or nearest entries (``rtn``), then optionally the candidate refinement."""
+        from compressor.passes.gptvq import gptvq_quantize, hessian_codebook
+        from compressor.passes.vq_refine import refine_assignment
+        from compressor.numerics.vq import row_scales
+
+        linear, recipe = self.linears[name], self.recipe
+        fmt = make_weight_format(SCHEMES[record.format].weight, vq_shape=recipe.vq_shape)
+        check_vq_shape(fmt.dim, fmt.entries, linear.in_features, where=name)
+        if rotation or name in self.masks:
+            raise CompressorError(f"{name}: vector quantization does not combine with rotation or 2:4 sparsity")
+        weight, hessian = linear.weight.detach().float(), self.hessians[name]
+        if recipe.rounding == "gptq":
+            rounded, scales = gptvq_quantize(weight, hessian, fmt, damp=recipe.gptq_damp)
+            record.rounding = "gptvq"
+        else:
+            scale = row_scales(weight)
+            scales = {"codebook": hessian_codebook(weight, hessian, fmt, scale), "scale": scale}
+            rounded = None
+        normalized = (weight if rounded is None else rounded) / scales["scale"].float()[:, None]
+        indices = nearest_entries(sub_vectors(normalized, fmt.dim), scales["codebook"].float()).reshape(len(weight), -1)
+        if recipe.vq_refine_steps:
+            codebook, indices, report = refine_assignment(weight, hessian.float(), scales["codebook"], scales["scale"],
+                                                          indices, fmt.dim, recipe.vq_candidates, recipe.vq_refine_steps)
+            scales = {"codebook": codebook, "scale": scales["scale"]}
+            record.rounding = (record.rounding or "nearest") + "+refined"
+        vectors = scales["codebook"].float()[indices.reshape(-1)].reshape(weight.shape)
+        return vectors * scales["scale"].float()[:, None], scales
+
+
+def _is_vq(scheme: str) -> bool:
+    return SCHEMES[scheme].weight in VQ_SHAPES
 
 
 @PASSES.register("quantize")
@@ -229,6 +285,11 @@ class QuantizePass(Pass):
         if any(len(o) > 1 for o in options.values()):  # fail before the slow part
             check_budget({n: [_bits(model, n, s, recipe) for s in options[n]] for n in budgeted},
                          {n: model.get_submodule(n).weight.numel() for n in budgeted}, recipe.max_bits)
+        for name in options:  # a sub-vector size that does not divide a layer: say so before calibrating
+            for scheme in options[name]:
+                if _is_vq(scheme):
+                    fmt = make_weight_format(SCHEMES[scheme].weight, vq_shape=recipe.vq_shape)
+                    check_vq_shape(fmt.dim, fmt.entries, model.get_submodule(name).in_features, where=name)
         context.shared["originals"] = {n: model.get_submodule(n) for n in options}
         candidates = _Candidates(handle, context.calibration, recipe, options, context.shared.get("migrations", {}),
                                  context.shared.get("sparsity"))
@@ -253,8 +314,10 @@ class QuantizePass(Pass):
 
 
 def _bits(model, name: str, scheme: str, recipe: QuantizeConfig) -> float:
-    in_features = model.get_submodule(name).in_features
-    return scheme_bits(SCHEMES[scheme], in_features, layer_group_size(recipe.group_size, in_features), recipe.symmetric)
+    linear = model.get_submodule(name)
+    in_features = linear.in_features
+    return scheme_bits(SCHEMES[scheme], in_features, layer_group_size(recipe.group_size, in_features), recipe.symmetric,
+                       linear.out_features, recipe.vq_shape)
 
 
 def _search(handle, built, recipe, batches, references) -> tuple[dict[str, str], dict]:
