@@ -172,8 +172,9 @@ def markdown_table(report: dict) -> str:
         *([SPARSE_CPU_NOTE] if any(row.get("sparsity_pattern") for row in report["models"]) else []),
         "",
         "Which ONNX Runtime kernels the latency comes from (layers per kernel): real low-precision kernels are "
-        "MatMulIntegerToFloat (INT8) and MatMulNBits (INT4); FP4 and FP8 weights have no CPU kernel and run as "
-        "float MatMuls on weights dequantized at export, with their input quantization computed in float, so "
+        "MatMulIntegerToFloat (INT8) and MatMulNBits (INT4); FP4, FP8, INT3 and VQ weights have no CPU kernel: the "
+        "file holds them packed, the graph decodes them (ONNX Runtime folds the decode into float weights at load) "
+        "and float MatMuls run, with their input quantization computed in float, so "
         "their accuracy is exact but their latency is not that of FP4/FP8 hardware.",
         "",
     ]

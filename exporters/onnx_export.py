@@ -150,7 +150,10 @@ def fold_static_squeezes(model: onnx.ModelProto) -> None:
             model.graph.node.insert(index + offset, new)
 
 
-def onnx_session(path: str | Path, threads: int = 2):
+def onnx_session(path: str | Path, threads: int = 2, constant_folding: bool = True):
+    """A CPU session with every graph optimization. ``constant_folding=False`` leaves out ONNX Runtime's
+    ConstantFolding pass, so weights stored packed (see exporters/onnx_lowbit.py) are decoded at every run
+    instead of being expanded once into float initializers when the session loads."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -160,4 +163,6 @@ def onnx_session(path: str | Path, threads: int = 2):
     # Idle workers do not spin: when models are timed in turn, a spinning pool of the model that just ran
     # takes cores from the next one (measured: +30 ms on a 120 ms run on 2 cores; alone, within 3%).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not constant_folding:  # the documented session option (the constructor's disabled_optimizers is internal)
+        options.add_session_config_entry("optimization.disable_specified_optimizers", "ConstantFolding")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

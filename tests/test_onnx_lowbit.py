@@ -1,5 +1,6 @@
 """exporters.onnx_lowbit: QuantLinear layers in ONNX for TensorRT (opset 23, FP4/INT4/FP8 tensors, checked
-with onnx's reference evaluator) and ONNX Runtime (MatMulNBits, float weights; run in ONNX Runtime).
+with onnx's reference evaluator) and ONNX Runtime (MatMulNBits, FP4/FP8 weights decoded in the graph; run in
+ONNX Runtime).
 
 A tiny random BERT keeps every export and reference run under a second. Its intermediate size 96
 gives 3 INT4 groups of 32 per row in the FFN output layer, so odd group counts are covered too.
@@ -372,12 +373,17 @@ def test_onnxruntime_matches_pytorch(exports, batch, case, tmp_path):
         assert sum(n.op_type == "MatMulNBits" for n in optimized.graph.node) == len(layers)
 
 
-def test_onnxruntime_fp4_weights_are_dequantized_floats(exports):
+def test_onnxruntime_fp4_weights_are_packed_and_decoded_in_the_graph(exports):
+    """The stored nibbles as UINT8 bytes, decoded by graph nodes into the [out, in] weight (bit for bit:
+    tests/test_onnx_packed.py), then Transpose → MatMul."""
     handle, model, _ = exports("nvfp4", "onnxruntime")
+    inits = initializers(model)
     for key, layer in layer_keys(handle).items():
-        weight = resolve(model, f"{key}.weight_dequantized_t")
-        assert np.array_equal(weight, layer.dequantized_weight().t().numpy())
-        assert [n.op_type for n in consumers(model, f"{key}.weight_dequantized_t")] == ["MatMul"]
+        weight = inits[f"{key}.weight"]
+        assert weight.data_type == TensorProto.UINT8
+        assert np.array_equal(numpy_helper.to_array(weight), layer.weight_packed.numpy())
+        (transpose,) = consumers(model, f"{key}.weight_dq")
+        assert transpose.op_type == "Transpose" and [n.op_type for n in consumers(model, transpose.output[0])] == ["MatMul"]
     assert "DequantizeLinear" not in {n.op_type for n in model.graph.node}
 
 
