@@ -20,7 +20,7 @@ from compressor.numerics.vq import (
     unpack_indices,
     vq_bits_per_weight,
 )
-from compressor.passes.gptvq import gptvq_quantize
+from compressor.passes.gptvq import gptvq_quantize, update_codebook
 from compressor.passes.vq_refine import output_error, refine_assignment
 from compressor.pipeline import compress
 from compressor.quant_linear import QuantLinear
@@ -103,6 +103,34 @@ def test_error_feedback_beats_plain_assignment_on_correlated_inputs():
     # the result lies on the stored grid: storing it loses nothing
     stored = dequantize_vq(fmt.quantize(rounded, scales), 2, 16, 32)
     assert torch.allclose(stored, rounded, atol=1e-6)
+
+
+def test_codebook_update_is_the_least_squares_solution():
+    # Reference: Ŵ is linear in the codebook, so write the design matrix column by column (one unit codebook
+    # coordinate at a time), whiten by the Cholesky factor of H, and solve with lstsq.
+    w, h = _correlated(2)
+    w, h = w[:6, :8], h[:8, :8]
+    g = torch.Generator().manual_seed(3)
+    codebook, indices = torch.randn(4, 2, generator=g), torch.randint(0, 4, (6, 4), generator=g)
+    scale = torch.rand(6, generator=g) + 0.5
+    columns = []
+    for k in range(8):
+        unit = torch.zeros(8, dtype=torch.float64)
+        unit[k] = 1
+        columns.append(unit.reshape(4, 2)[indices.reshape(-1)].reshape(6, 8) * scale.double()[:, None])
+    design = torch.stack(columns, -1)  # [6, 8, 8 coordinates]
+    chol = torch.linalg.cholesky(h)
+    whitened = torch.einsum("rjk,jl->rlk", design, chol).reshape(48, 8)
+    reference = torch.linalg.lstsq(whitened, (w.double() @ chol).reshape(-1)).solution
+    solved = update_codebook(w, h, codebook, indices, scale, ridge=0.0)
+    assert torch.allclose(solved.reshape(-1), reference, atol=1e-8)
+
+
+def test_codebook_updates_never_raise_the_output_error():
+    w, h = _correlated(4)
+    fmt = VqWeight(2, 16)
+    errors = [float(output_error(gptvq_quantize(w, h, fmt, codebook_updates=n)[0], w, h.float())) for n in (0, 1, 2)]
+    assert errors[1] < errors[0] and errors[2] <= errors[1]
 
 
 def test_refinement_never_worse_and_improves_plain_assignment():

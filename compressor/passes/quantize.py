@@ -53,9 +53,11 @@ class QuantizeConfig(PassConfig):
     group_size: int = Field(128, ge=2, multiple_of=2)  # INT4 groups
     symmetric: bool = True
     # Vector quantization (vq schemes): (sub-vector dim, codebook entries) replacing the schemes' own;
-    # candidate-assignment refinement steps on the layer output error (0: off) and candidates per sub-vector.
+    # rounds of least-squares codebook updates after GPTVQ's assignment (0: off); candidate-assignment
+    # refinement steps on the layer output error (0: off) and candidates per sub-vector.
     vq_dim: int | None = Field(None, ge=1)
     vq_entries: int | None = Field(None, ge=2)
+    vq_codebook_updates: int = Field(0, ge=0)
     vq_refine_steps: int = Field(0, ge=0)
     vq_candidates: int = Field(4, ge=1)
     observer: Literal[OBSERVER_NAMES] = "percentile"
@@ -246,7 +248,8 @@ class _Candidates:
             raise CompressorError(f"{name}: vector quantization does not combine with rotation or 2:4 sparsity")
         weight, hessian = linear.weight.detach().float(), self.hessians[name]
         if recipe.rounding == "gptq":
-            rounded, scales = gptvq_quantize(weight, hessian, fmt, damp=recipe.gptq_damp)
+            rounded, scales = gptvq_quantize(weight, hessian, fmt, damp=recipe.gptq_damp,
+                                            codebook_updates=recipe.vq_codebook_updates)
             record.rounding = "gptvq"
         else:
             scale = row_scales(weight)
