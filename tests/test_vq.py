@@ -214,9 +214,12 @@ def test_search_mixes_vq_with_scalar_formats_within_budget(tiny_bert_dir, calib_
 
 def test_vq_presets():
     vq3 = load_recipe("vq3").find("quantize").config
-    assert vq3.scheme == "vq3" and vq3.max_bits == 3.0 and set(vq3.candidates) == {"vq3", "vq2"}
+    assert vq3.scheme == "vq3" and vq3.max_bits == 3.0 and set(vq3.candidates) == {"vq3", "vq2", "w4a16-nvfp4", "w8a16-int8"}
     mix = load_recipe("vq-mix").find("quantize").config
     assert mix.max_bits == 2.5 and {"vq2", "vq3", "w8a16-int8"} <= set(mix.candidates)
+    # GPTVQ's Hessians want more sentences than the 256 default; --num-samples still overrides it.
+    assert all(load_recipe(name).calibration.calib_samples == 1024 for name in ("vq3", "vq2", "vq-mix"))
+    assert load_recipe("vq2").with_calibration(calib_samples=8).calibration.calib_samples == 8
 
 
 @pytest.mark.parametrize("flags,message", [
