@@ -6,8 +6,9 @@ Same protocol as benchmarks/dit_mnist.py: calibration on the default trajectory 
 1,000 class-conditional samples per model from seed 1000, DDIM 25 steps, guidance 1.5, PSNR against the FP32
 samples and the judge classifier's accuracy. The DiT's Linears are 128 wide, where a per-layer codebook and
 row scales cost more than on MiniLM: vq3 (2-weight sub-vectors, 64 entries) is 3.06-3.25 bits there, so the
-`vq3` preset runs with --vq3-bits (default 3.3) instead of its 3.0, searching vq3 against vq2 only (the
-preset's NVFP4/INT8 fallbacks left out). `vq2` is the preset as it is.
+`vq3` model runs the preset with --vq3-bits (default 3.3) instead of its 3.0, searching vq3 against vq2 only
+(the preset's NVFP4/INT8 fallbacks left out), and so takes vq3 on every Linear. `vq3-preset` is the preset as it
+is (3.0 bits, where the 128-wide layers mix vq3 and vq2); `vq2` is the preset as it is.
 Writes benchmarks/results/vq_dit.json.
 """
 from __future__ import annotations
@@ -42,8 +43,8 @@ def main() -> None:
     rows = {}
     with tempfile.TemporaryDirectory(prefix="vq-dit-") as scratch:
         dirs = []
-        for name in ("vq3", "vq2"):
-            recipe = load_recipe(name)
+        for name in ("vq3", "vq3-preset", "vq2"):
+            recipe = load_recipe(name.removesuffix("-preset"))
             if name == "vq3":
                 config = recipe.find("quantize").config
                 # The recorded figures: vq3 against vq2 only (at 3.3 bits the search takes vq3 on every Linear).
