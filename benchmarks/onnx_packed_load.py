@@ -145,7 +145,7 @@ def print_table(results: list[dict]) -> None:
     for row in results:
         for folding, m in row["sessions"].items():
             trimmed = m["rss_growth_load_trimmed_mib"]
-            print(f"{Path(row['path']).name[:28]:<28} {row['file_bytes'] / 2**20:>7.2f} {folding:>7} "
+            print(f"{row['graph'][:28]:<28} {row['file_bytes'] / 2**20:>7.2f} {folding:>7} "
                   f"{m['rss_growth_load_mib']:>9.1f} {'-' if trimmed is None else f'{trimmed:.1f}':>8} "
                   f"{m['rss_growth_first_run_mib']:>11.1f} {m['peak_growth_mib']:>9.1f} "
                   f"{m['load_s']:>7.3f} {m['median_ms']:>10.2f}")
@@ -172,7 +172,7 @@ def main(argv=None) -> None:
     results = []
     for path in args.graphs:
         sessions = {folding: run_child(path, folding, args) for folding in ("on", "off")}
-        results.append({"path": str(path), "file_bytes": path.stat().st_size,
+        results.append({"graph": path.name, "file_bytes": path.stat().st_size,
                         "initializer_bytes": initializer_bytes(path), "sessions": sessions})
     settings = {k: getattr(args, k) for k in ("threads", "runs", "batch", "sequence", "vocab")}
     print_table(results)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -74,7 +75,7 @@ def main() -> None:
         row["images_per_second"] = args.batch / latency[name]
         row["throughput_ratio"] = latency["fp32"] / latency[name]
         row["top1_change_points"] = 100 * (row["top1_accuracy"] - rows["fp32"]["top1_accuracy"])
-    result = {"model": args.model, "eval": f"last 1000 images of {args.data}", "calibration": "256 of the first 9000",
+    result = {"model": os.path.relpath(args.model, ROOT), "eval": f"last 1000 images of {os.path.relpath(args.data, ROOT)}", "calibration": "256 of the first 9000",
               "batch": args.batch, "threads": args.threads, "repeats": args.repeats, "models": list(rows.values())}
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2), encoding="utf-8")
