@@ -16,7 +16,7 @@ from compressor.tokens.merge import (
     merge_tokens,
     unmerge_tokens,
 )
-from compressor.tokens.tome import _bert_forward, _vit_forward, patch_token_merging, tome_schedule
+from compressor.tokens.tome import _attend, _bert_forward, _vit_forward, patch_token_merging, tome_schedule
 
 
 def brute_force_merge(x, size, metric, r, protected=1):
@@ -65,6 +65,32 @@ def test_merge_matches_brute_force(tokens, r, protected):
             assert source[b, original].item() == order.index(ends_in)
 
 
+@pytest.mark.parametrize("protected", [0, 1, 2, 3])
+def test_matching_without_padding_equals_the_masked_matching(protected):
+    # without a mask, protected tokens are left out of the scores instead of masked: the same plan
+    metric = torch.randn(4, 11, 6, generator=torch.Generator().manual_seed(protected))
+    plain = bipartite_soft_matching(metric, 3, protected)
+    masked = bipartite_soft_matching(metric, 3, protected, torch.ones(4, 11, dtype=torch.bool))
+    for field in ("kept", "merged", "destination"):
+        assert torch.equal(getattr(plain, field), getattr(masked, field)), field
+
+
+def test_size_weighted_attention_counts_each_key_size_times():
+    generator = torch.Generator().manual_seed(3)
+    heads, head_dim = 2, 4
+    projections = [torch.nn.Linear(8, heads * head_dim) for _ in range(3)]
+    x = torch.randn(2, 5, 8, generator=generator)
+    size = torch.tensor([1.0, 3.0, 1.0, 2.0, 1.0]).reshape(1, 5, 1).expand(2, -1, -1)
+    context, metric = _attend(*projections, head_dim, x, 0.0, size)
+    # reference: repeat every token size times and attend over the repeated keys with plain softmax
+    q, k, v = (p(x).view(2, 5, heads, head_dim).transpose(1, 2) for p in projections)
+    repeat = torch.tensor([0, 1, 1, 1, 2, 3, 3, 4])
+    weights = torch.softmax(q @ k[:, :, repeat].transpose(-1, -2) / head_dim ** 0.5, dim=-1)
+    expected = (weights @ v[:, :, repeat]).transpose(1, 2).reshape(2, 5, -1)
+    torch.testing.assert_close(context, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(metric, projections[1](x))  # the keys of all heads
+
+
 def test_protected_tokens_are_never_merged():
     # every token identical: any pair is a perfect match, so only the protection keeps tokens 0 and 1 apart
     x = torch.arange(10.0).reshape(1, 10, 1).expand(1, 10, 3).contiguous()
@@ -111,6 +137,7 @@ def test_unmerged_mean_pooling_weights_tokens_by_size():
 def test_schedules():
     assert tome_schedule(4, 3) == [4, 4, 4]
     assert tome_schedule(4, 3, "decreasing") == [8, 4, 0]
+    assert tome_schedule(2.5, 3, "decreasing") == [5, 2, 0]  # half an r: whole counts (2.5 rounds to even)
     with pytest.raises(CompressorError, match="schedule"):
         tome_schedule(4, 3, "random")
 
@@ -135,6 +162,30 @@ def test_vit_forward_without_merging_equals_the_model():
     assert torch.equal(model(pixel_values=x).logits, reference)
     with pytest.raises(CompressorError, match="one r per block"):
         patch_token_merging(model, [1, 1])
+
+
+def test_vit_merging_on_the_embeddings():
+    model = _tiny_vit_model()
+    x = torch.randn(4, 1, 8, 8)
+    # 17 tokens: 6 merge on the embeddings, then 2 in the first block
+    hidden = _vit_forward(model.vit, [2, 0, 0], 1, embeddings=6)(x).last_hidden_state
+    assert hidden.shape == (4, 17 - 6 - 2, 16)
+    # more than set A holds is limited to it (8 A tokens less CLS)
+    assert _vit_forward(model.vit, [0, 0, 0], 1, embeddings=50)(x).last_hidden_state.shape[1] == 17 - 8
+    patch_token_merging(model, [0, 0, 0], embeddings=6)
+    assert not torch.allclose(model(pixel_values=x).logits, _vit_forward(model, [0, 0, 0], 1)(x).logits)
+
+
+def test_embeddings_merge_is_for_vision_transformers(tiny_bert_dir):
+    from compressor.model import load_model
+    from compressor.passes.tome import TomePass
+
+    handle = load_model(tiny_bert_dir)
+    with pytest.raises(CompressorError, match="Vision Transformers only"):
+        patch_token_merging(handle.model, [1, 1], embeddings=2)
+    with pytest.raises(CompressorError, match="merge_embeddings is for Vision Transformers"):
+        TomePass(TomePass.Config(merge_embeddings=True))._on_embeddings(handle.model)
+    assert TomePass(TomePass.Config())._on_embeddings(handle.model) is False  # the default: off for text
 
 
 def test_bert_forward_without_merging_equals_the_model(tiny_bert_dir):
@@ -163,7 +214,7 @@ def test_vit_tome_onnx_parity(tiny_vit, tmp_path, target):
     from exporters.onnx_export import export_onnx, onnx_session
 
     handle = load_model(tiny_vit[0])
-    patch_token_merging(handle.model, [4, 4])
+    patch_token_merging(handle.model, [4, 4], embeddings=8)
     path = export_onnx(handle, tmp_path / "tome.onnx", target)
     graph = onnx.load(str(path))
     # merged tokens are sums (a one-hot MatMul) divided by sizes: no scatter, no "mean" reduction
@@ -200,7 +251,8 @@ def test_tome_pass_round_trip_and_int8(tiny_vit, tmp_path):
     model_dir, data = tiny_vit
     recipe = Recipe.from_dict({"name": "t", "passes": [{"tome": {"r": 3, "schedule": "constant"}}], "calibration": {"calib_samples": 32}})
     handle = compress(model_dir, recipe, data, tmp_path / "tome")
-    assert handle.info["token_reduction"] == {"method": "tome", "schedule": [3, 3], "protected": 1}
+    # ViTs merge on the embeddings too, by default twice the first block's count
+    assert handle.info["token_reduction"] == {"method": "tome", "schedule": [3, 3], "protected": 1, "embeddings": 6}
     reloaded = load_compressed(tmp_path / "tome")
     x = handle.adapter.images(handle, data, "evaluation")[0][:16]
     torch.testing.assert_close(reloaded.adapter.forward(reloaded.model, {"pixel_values": x}),

@@ -1,5 +1,5 @@
 """Token merging by bipartite soft matching (ToMe, Bolya et al. 2023), written with the operators an ONNX
-graph has: TopK (argsort), GatherElements, and a one-hot MatMul that adds each merged token into its
+graph has: TopK (argsort), Gather, and a one-hot MatMul that adds each merged token into its
 destination. Never a "mean" reduction: a merged token is the size-weighted sum of its parts divided by its
 new size. (The one-hot product replaces ScatterElements with ``add``, the same sums: ONNX Runtime's CPU
 scatter goes element by element and took 7% of a merged MNIST ViT's time, the GEMM about 1%.)
@@ -37,22 +37,47 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int, protected: int = 1,
     """Plan merging ``r`` of the tokens of ``metric`` [batch, tokens, channels]; ``mask`` [batch, tokens]
     marks real tokens (True) against padding. ``r`` is at most the number of unprotected A tokens."""
     metric = metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    a, b = metric[:, ::2], metric[:, 1::2]
+    if mask is None:
+        return _match_unprotected(metric, r, protected)
+    a, b = _alternate(metric, 0), _alternate(metric, 1)
     scores = a @ b.transpose(-1, -2)
     position_a = torch.arange(a.shape[1], device=metric.device) * 2
     position_b = torch.arange(b.shape[1], device=metric.device) * 2 + 1
     forbidden = (position_a < protected)[:, None] | (position_b < protected)[None, :]
     scores = scores.masked_fill(forbidden, FORBIDDEN)
-    if mask is not None:
-        mask_a, mask_b = mask[:, ::2].bool(), mask[:, 1::2].bool()
-        scores = torch.where(mask_a[:, :, None] == mask_b[:, None, :], scores, torch.full_like(scores, FORBIDDEN))
-        padding = (~mask_a)[:, :, None] & (~mask_b)[:, None, :] & ~forbidden
-        scores = torch.where(padding, torch.full_like(scores, PADDING_FIRST), scores)
+    mask_a, mask_b = mask[:, ::2].bool(), mask[:, 1::2].bool()
+    scores = torch.where(mask_a[:, :, None] == mask_b[:, None, :], scores, torch.full_like(scores, FORBIDDEN))
+    padding = (~mask_a)[:, :, None] & (~mask_b)[:, None, :] & ~forbidden
+    scores = torch.where(padding, torch.full_like(scores, PADDING_FIRST), scores)
     best, best_index = scores.max(dim=-1)
     order = best.argsort(dim=-1, descending=True)[..., None]
     merged, kept = order[:, :r], order[:, r:]
     kept = kept.sort(dim=1).values  # keep the original order (CLS first)
     return MergePlan(kept, merged, best_index[..., None].gather(1, merged))
+
+
+def _alternate(x: torch.Tensor, first: int) -> torch.Tensor:
+    """Every second token of ``x`` from ``first`` on, by a Gather: ONNX Runtime's strided Slice copied the
+    same rows about four times slower. (The indices are a Range times 2 plus ``first``, not a Range with
+    step 2, which ONNX Runtime's optimizer turns back into a Slice.)"""
+    count = (x.shape[1] - first + 1) // 2
+    return x.index_select(1, torch.arange(count, device=x.device) * 2 + first)
+
+
+def _match_unprotected(metric: torch.Tensor, r: int, protected: int) -> MergePlan:
+    """Without padding, protected tokens are simply left out of the matching: the first (protected + 1) // 2
+    A tokens and protected // 2 B tokens. (The same plan as forbidding their scores, without a masking
+    pass over every score.)"""
+    skip_a, skip_b = (protected + 1) // 2, protected // 2
+    a, b = _alternate(metric, 2 * skip_a), _alternate(metric, 2 * skip_b + 1)
+    best, best_index = (a @ b.transpose(-1, -2)).max(dim=-1)
+    order = best.argsort(dim=-1, descending=True)[..., None] + skip_a
+    merged, kept = order[:, :r], order[:, r:]
+    if skip_a:
+        fixed = torch.arange(skip_a, device=metric.device)[None, :, None].expand(metric.shape[0], -1, -1)
+        kept = torch.cat([fixed, kept], dim=1)
+    kept = kept.sort(dim=1).values  # keep the original order (CLS first)
+    return MergePlan(kept, merged, (best_index + skip_b)[..., None].gather(1, merged - skip_a))
 
 
 def limit_merges(r: int, tokens, protected: int = 0):
@@ -64,21 +89,28 @@ def limit_merges(r: int, tokens, protected: int = 0):
     return torch.clamp(available, min=0, max=r)
 
 
+def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[b, index[b, i]]`` [batch, k, channels] for ``x`` [batch, tokens, channels] and ``index`` [batch, k]:
+    one Gather over the flattened rows, where GatherElements would need an index as large as its output."""
+    batch, tokens = x.shape[:2]
+    offsets = torch.arange(batch, device=x.device)[:, None] * tokens
+    return x.reshape(-1, x.shape[-1])[index + offsets]
+
+
 def merge_tokens(plan: MergePlan, x: torch.Tensor, size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Merge ``x`` [batch, tokens, channels] whose tokens stand for ``size`` [batch, tokens, 1] original
     tokens each: a merged token is the size-weighted mean of its parts. Returns (x, size) with r fewer tokens."""
-    channels = x.shape[-1]
-    weighted = torch.cat([x * size, size], dim=-1)  # merge sums and sizes in one scatter
-    a, b = weighted[:, ::2], weighted[:, 1::2]
-    width = weighted.shape[-1]
-    kept = a.gather(1, plan.kept.expand(-1, -1, width))
-    moved = a.gather(1, plan.merged.expand(-1, -1, width))
-    slots = torch.arange(b.shape[1], device=x.device)
-    onehot = (plan.destination[..., 0][:, None, :] == slots[None, :, None]).to(x.dtype)
-    b = b + onehot @ moved
-    out = torch.cat([kept, b], dim=1)
-    size = out[..., channels:]
-    return out[..., :channels] / size, size
+    batch, tokens = x.shape[:2]
+    kept = plan.kept[..., 0] * 2  # positions in x: A token i is token 2i, B token j is token 2j + 1
+    moved = plan.merged[..., 0] * 2
+    odd = torch.arange(tokens // 2, device=x.device) * 2 + 1
+    rows = torch.cat([kept, odd.expand(batch, -1)], dim=1)  # the output: kept A tokens, then every B token
+    out, out_size = gather_rows(x, rows), gather_rows(size, rows)
+    moved_x, moved_size = gather_rows(x, moved), gather_rows(size, moved)
+    slots = torch.arange(rows.shape[1], device=x.device)
+    onehot = ((plan.destination[..., 0] + kept.shape[1])[:, None, :] == slots[None, :, None]).to(x.dtype)
+    new_size = out_size + onehot @ moved_size
+    return (out * out_size + onehot @ (moved_x * moved_size)) / new_size, new_size
 
 
 def merge_mask(plan: MergePlan, mask: torch.Tensor) -> torch.Tensor:
@@ -108,7 +140,7 @@ def merge_positions(plan: MergePlan, tokens: int, source: torch.Tensor) -> torch
 
 def unmerge_tokens(x: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     """Every original token takes the value of the token it was merged into: [batch, original, channels]."""
-    return x.gather(1, source[..., None].expand(-1, -1, x.shape[-1]))
+    return gather_rows(x, source)
 
 
 def proportional_attention_bias(size: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,9 @@ merge around each block's attention and MLP instead: compressor/tokens/dit_merge
 
 - Vision Transformers (``ViTForImageClassification``/``ViTModel``, pre-norm blocks): CLS is protected, and
   the logits come from it as before. Token counts are fixed per block, so the ONNX graph's shapes are static.
+  They may also merge on the patch embeddings, before the first block (``embeddings``), matched on the
+  embeddings themselves: the first block's attention is the most expensive one, and on images with large
+  uniform areas many of its tokens differ only by their position embedding.
 - BERT-family text encoders (post-norm blocks): merging respects the attention mask, and the last hidden
   state is unmerged back to the input length (each token takes its merged token's value), so mean pooling
   over the mask weights every merged token by its size, and ``last_hidden_state`` keeps its shape.
@@ -32,16 +35,24 @@ from compressor.tokens.merge import (
 MASKED = -1e9  # attention bias of padding keys
 
 
-def _attend(q_proj, k_proj, v_proj, head_dim: int, x: torch.Tensor, bias: torch.Tensor):
-    """Multi-head attention of ``x`` with an additive key ``bias``; returns (context, keys averaged over heads)."""
+def _attend(q_proj, k_proj, v_proj, head_dim: int, x: torch.Tensor, bias: torch.Tensor | float,
+            size: torch.Tensor | None = None):
+    """Multi-head attention of ``x`` with an additive key ``bias``, and with each key counted ``size``
+    [batch, tokens, 1] times when given. Returns (context, the keys of all heads side by side: the matching
+    metric; on the MNIST ViT it matched as well as their mean over heads, without a reduction)."""
     batch, tokens = x.shape[:2]
     shape = (batch, tokens, -1, head_dim)
-    q = q_proj(x).view(shape).transpose(1, 2)
-    k = k_proj(x).view(shape).transpose(1, 2)
-    v = v_proj(x).view(shape).transpose(1, 2)
+    keys = k_proj(x)
+    q, k, v = q_proj(x).view(shape), keys.view(shape), v_proj(x).view(shape)
+    if size is not None:
+        # softmax(s + log size) without a pass over every score: each head's queries gain a column of ones
+        # and its keys a column of log size (times sqrt(head_dim), which the score scaling divides out).
+        column = (size.log() * head_dim ** 0.5)[:, :, None, :].expand(-1, -1, k.shape[2], -1)
+        q, k = torch.cat([q, torch.ones_like(column)], dim=-1), torch.cat([k, column], dim=-1)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     weights = torch.softmax(q @ k.transpose(-1, -2) * head_dim ** -0.5 + bias, dim=-1)
     context = (weights @ v).transpose(1, 2).reshape(batch, tokens, -1)
-    return context, k.mean(1)
+    return context, keys
 
 
 # --- Vision Transformers --------------------------------------------------------------------------
@@ -50,19 +61,21 @@ def _attend(q_proj, k_proj, v_proj, head_dim: int, x: torch.Tensor, bias: torch.
 def _vit_block(layer: nn.Module, x, size, r: int, protected: int, merged_before: bool):
     attention = layer.attention
     h = layer.layernorm_before(x)
-    # Until a block has merged, every size is 1 and the bias is 0: skip adding it to [batch, heads, N, N].
-    bias = proportional_attention_bias(size) if merged_before else 0.0
-    context, metric = _attend(attention.q_proj, attention.k_proj, attention.v_proj, attention.head_dim, h, bias)
+    # Until a block has merged, every size is 1: plain attention.
+    context, metric = _attend(attention.q_proj, attention.k_proj, attention.v_proj, attention.head_dim, h, 0.0,
+                              size if merged_before else None)
     x = x + attention.o_proj(context)
     if r > 0:
         x, size = merge_tokens(bipartite_soft_matching(metric, r, protected), x, size)
     return x + layer.mlp(layer.layernorm_after(x)), size
 
 
-def _vit_forward(model: nn.Module, schedule: list[int], protected: int):
+def _vit_forward(model: nn.Module, schedule: list[int], protected: int, embeddings: int = 0):
     vit = model.vit if hasattr(model, "vit") else model
     # The token count is fixed by the image size: r is a plain number in every block (static ONNX shapes).
-    tokens, limited = vit.embeddings.position_embeddings.shape[1], []
+    tokens = vit.embeddings.position_embeddings.shape[1]
+    embeddings = limit_merges(embeddings, tokens, protected)
+    tokens, limited = tokens - embeddings, []
     for r in schedule:
         limited.append(limit_merges(r, tokens, protected))
         tokens -= limited[-1]
@@ -71,8 +84,10 @@ def _vit_forward(model: nn.Module, schedule: list[int], protected: int):
     def forward(pixel_values: torch.Tensor, **_ignored):
         x = vit.embeddings(pixel_values.to(vit.embeddings.patch_embeddings.projection.weight.dtype))
         size = torch.ones_like(x[..., :1])
+        if embeddings:
+            x, size = merge_tokens(bipartite_soft_matching(x, embeddings, protected), x, size)
         for index, (layer, r) in enumerate(zip(vit.layers, schedule)):
-            x, size = _vit_block(layer, x, size, r, protected, any(schedule[:index]))
+            x, size = _vit_block(layer, x, size, r, protected, bool(embeddings) or any(schedule[:index]))
         hidden = vit.layernorm(x)
         if vit is model:
             return SimpleNamespace(last_hidden_state=hidden, pooler_output=None)
@@ -133,11 +148,22 @@ def block_count(model: nn.Module) -> int:
                           "(supported: ViT image classifiers, BERT-family text encoders and Diffusion Transformers)")
 
 
-def patch_token_merging(model: nn.Module, schedule: list[int], protected: int = 1) -> None:
-    """Make ``model`` merge ``schedule[i]`` tokens in block i (0 = none); an empty schedule restores it."""
+def is_vision_transformer(model: nn.Module) -> bool:
+    """A model whose patch embeddings can merge before the first block (``embeddings``)."""
+    return not (hasattr(model, "transformer_blocks") or hasattr(model, "encoder")) and \
+        hasattr(model.vit if hasattr(model, "vit") else model, "layers")
+
+
+def patch_token_merging(model: nn.Module, schedule: list[int], protected: int = 1, embeddings: int = 0) -> None:
+    """Make ``model`` merge ``schedule[i]`` tokens in block i (0 = none), and ``embeddings`` tokens on the
+    patch embeddings before the first block (ViTs only); an empty schedule restores it."""
     blocks = block_count(model)
     if len(schedule) != blocks:
         raise CompressorError(f"a ToMe schedule needs one r per block ({blocks}), got {len(schedule)}")
+    is_text = hasattr(model, "encoder") and hasattr(model.encoder, "layer")
+    if embeddings and not is_vision_transformer(model):
+        raise CompressorError("merging on the embeddings is for Vision Transformers only "
+                              f"({type(model).__name__} merges inside its blocks)")
     if hasattr(model, "transformer_blocks"):
         from compressor.tokens.dit_merge import patch_dit_token_merging
 
@@ -145,19 +171,22 @@ def patch_token_merging(model: nn.Module, schedule: list[int], protected: int = 
         return
     if "forward" in model.__dict__:
         del model.forward  # back to the class's forward
-    if not any(schedule):
+    if not any(schedule) and not embeddings:
         return
-    is_text = hasattr(model, "encoder") and hasattr(model.encoder, "layer")
-    model.forward = (_bert_forward if is_text else _vit_forward)(model, list(schedule), protected)
+    if is_text:
+        model.forward = _bert_forward(model, list(schedule), protected)
+    else:
+        model.forward = _vit_forward(model, list(schedule), protected, embeddings)
 
 
-def tome_schedule(r: int, blocks: int, kind: str = "constant") -> list[int]:
+def tome_schedule(r: float, blocks: int, kind: str = "constant") -> list[int]:
     """Tokens merged per block: ``constant`` merges r in every block; ``decreasing`` goes linearly from 2r
-    in the first block to 0 in the last (the same total), merging early where tokens are most redundant."""
+    in the first block to 0 in the last (the same total), merging early where tokens are most redundant
+    (r may be a half: 2r is whole)."""
     if kind == "constant":
-        return [r] * blocks
+        return [int(r)] * blocks
     if kind == "decreasing":
         if blocks == 1:
-            return [r]
+            return [round(r)]
         return [round(2 * r * (blocks - 1 - i) / (blocks - 1)) for i in range(blocks)]
     raise CompressorError(f"unknown ToMe schedule {kind!r}; choose constant or decreasing")
