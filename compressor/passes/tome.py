@@ -21,9 +21,9 @@ from compressor.tokens.tome import block_count, is_vision_transformer, patch_tok
 
 
 class TomeConfig(PassConfig):
-    """``r``: tokens merged per block (the first block's count for ``decreasing``); none: the largest r
-    within ``max_error``, the relative squared error of the model output (pooled, for a sentence encoder).
-    ``protected``: leading tokens never merged (CLS)."""
+    """``r``: tokens merged per block (``decreasing``: 2r in the first block down to 0 in the last); none:
+    the largest r within ``max_error``, the relative squared error of the model output (pooled, for a
+    sentence encoder). ``protected``: leading tokens never merged (CLS)."""
 
     r: int | None = Field(None, ge=0)
     # decreasing: measured on the MNIST ViT, 1.79× at -0.2 top-1 against 1.66× at -0.3 for constant r
