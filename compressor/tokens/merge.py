@@ -41,27 +41,39 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int, protected: int = 1,
         return _match_unprotected(metric, r, protected)
     a, b = _alternate(metric, 0), _alternate(metric, 1)
     scores = a @ b.transpose(-1, -2)
-    position_a = torch.arange(a.shape[1], device=metric.device) * 2
-    position_b = torch.arange(b.shape[1], device=metric.device) * 2 + 1
+    tokens = metric.shape[1]
+    position_a, position_b = _positions(tokens, 0, metric.device), _positions(tokens, 1, metric.device)
     forbidden = (position_a < protected)[:, None] | (position_b < protected)[None, :]
     scores = scores.masked_fill(forbidden, FORBIDDEN)
     mask_a, mask_b = mask[:, ::2].bool(), mask[:, 1::2].bool()
     scores = torch.where(mask_a[:, :, None] == mask_b[:, None, :], scores, torch.full_like(scores, FORBIDDEN))
     padding = (~mask_a)[:, :, None] & (~mask_b)[:, None, :] & ~forbidden
     scores = torch.where(padding, torch.full_like(scores, PADDING_FIRST), scores)
-    best, best_index = scores.max(dim=-1)
-    order = best.argsort(dim=-1, descending=True)[..., None]
-    merged, kept = order[:, :r], order[:, r:]
-    kept = kept.sort(dim=1).values  # keep the original order (CLS first)
-    return MergePlan(kept, merged, best_index[..., None].gather(1, merged))
+    return _plan(*scores.max(dim=-1), r)
+
+
+def _positions(tokens, first: int, device) -> torch.Tensor:
+    """The positions ``first``, ``first + 2``, ... below ``tokens``: a Range times 2 plus ``first``, not a
+    Range with step 2, which ONNX Runtime's optimizer turns into a strided Slice, slower on these rows than
+    a Gather."""
+    return torch.arange((tokens - first + 1) // 2, device=device) * 2 + first
 
 
 def _alternate(x: torch.Tensor, first: int) -> torch.Tensor:
-    """Every second token of ``x`` from ``first`` on, by a Gather: ONNX Runtime's strided Slice copied the
-    same rows about four times slower. (The indices are a Range times 2 plus ``first``, not a Range with
-    step 2, which ONNX Runtime's optimizer turns back into a Slice.)"""
-    count = (x.shape[1] - first + 1) // 2
-    return x.index_select(1, torch.arange(count, device=x.device) * 2 + first)
+    """Every second token of ``x`` from ``first`` on."""
+    return x.index_select(1, _positions(x.shape[1], first, x.device))
+
+
+def _plan(best: torch.Tensor, best_index: torch.Tensor, r, skip_a: int = 0, skip_b: int = 0) -> MergePlan:
+    """The r A tokens with the most similar partners merge; the rest stay, in their original order. ``best``
+    and ``best_index`` [batch, A] leave out the first ``skip_a`` A and ``skip_b`` B tokens, which are kept."""
+    order = best.argsort(dim=-1, descending=True)[..., None] + skip_a
+    merged, kept = order[:, :r], order[:, r:]
+    if skip_a:
+        fixed = torch.arange(skip_a, device=best.device)[None, :, None].expand(best.shape[0], -1, -1)
+        kept = torch.cat([fixed, kept], dim=1)
+    kept = kept.sort(dim=1).values  # keep the original order (CLS first)
+    return MergePlan(kept, merged, (best_index + skip_b)[..., None].gather(1, merged - skip_a))
 
 
 def _match_unprotected(metric: torch.Tensor, r: int, protected: int) -> MergePlan:
@@ -70,14 +82,7 @@ def _match_unprotected(metric: torch.Tensor, r: int, protected: int) -> MergePla
     pass over every score.)"""
     skip_a, skip_b = (protected + 1) // 2, protected // 2
     a, b = _alternate(metric, 2 * skip_a), _alternate(metric, 2 * skip_b + 1)
-    best, best_index = (a @ b.transpose(-1, -2)).max(dim=-1)
-    order = best.argsort(dim=-1, descending=True)[..., None] + skip_a
-    merged, kept = order[:, :r], order[:, r:]
-    if skip_a:
-        fixed = torch.arange(skip_a, device=metric.device)[None, :, None].expand(metric.shape[0], -1, -1)
-        kept = torch.cat([fixed, kept], dim=1)
-    kept = kept.sort(dim=1).values  # keep the original order (CLS first)
-    return MergePlan(kept, merged, (best_index + skip_b)[..., None].gather(1, merged - skip_a))
+    return _plan(*(a @ b.transpose(-1, -2)).max(dim=-1), r, skip_a, skip_b)
 
 
 def limit_merges(r: int, tokens, protected: int = 0):
@@ -103,8 +108,7 @@ def merge_tokens(plan: MergePlan, x: torch.Tensor, size: torch.Tensor) -> tuple[
     batch, tokens = x.shape[:2]
     kept = plan.kept[..., 0] * 2  # positions in x: A token i is token 2i, B token j is token 2j + 1
     moved = plan.merged[..., 0] * 2
-    odd = torch.arange(tokens // 2, device=x.device) * 2 + 1
-    rows = torch.cat([kept, odd.expand(batch, -1)], dim=1)  # the output: kept A tokens, then every B token
+    rows = torch.cat([kept, _positions(tokens, 1, x.device).expand(batch, -1)], dim=1)  # the output: kept A tokens, then every B token
     out, out_size = gather_rows(x, rows), gather_rows(size, rows)
     moved_x, moved_size = gather_rows(x, moved), gather_rows(size, moved)
     slots = torch.arange(rows.shape[1], device=x.device)
