@@ -7,10 +7,13 @@ from pathlib import Path
 import torch
 
 from calibrators.service import CalibrationService
+from compressor.errors import CompressorError
 from compressor.model import ModelHandle, load_model
-from compressor.passes.base import PassContext
+from compressor.passes.base import PassContext, missing_results
 from compressor.passes.fallback import output_error
 from compressor.passes.precision_search import average_bits
+from compressor.passes.results import (Fallback, PrunedStructure, QuantizationPlan, QuantizedEmbeddings, Sparsity,
+                                       TokenReduction)
 from compressor.recipe import Recipe
 from exporters.atomic import check_can_write
 from exporters.checkpoint import save_compressed
@@ -35,41 +38,40 @@ def run_recipe(handle: ModelHandle, calib: list[dict], sensitivity_batches: list
     context = PassContext(handle, service, sensitivity_batches, references, settings)
     passes = []
     for step in recipe.passes:
+        missing = missing_results(step, context.results)
+        if missing:
+            raise CompressorError(f"pass '{step.name}' needs {', '.join(missing)} from an earlier pass")
         passes.append({"pass": step.name, **step.apply(context)})
-    plan = context.shared.get("plan")
+    results = context.results
+    plan, fallback = results.get(QuantizationPlan), results.get(Fallback)
+    embeddings, sparsity = results.get(QuantizedEmbeddings), results.get(Sparsity)
+    structure, reduction = results.get(PrunedStructure), results.get(TokenReduction)
     layers = [layer.to_dict() for layer in plan.layers] if plan is not None else []
-    errors = dict(context.shared.get("output_error", {}))
-    if not errors or context.shared.get("embeddings"):
+    errors = dict(fallback.errors) if fallback is not None else {}
+    if not errors or (embeddings is not None and embeddings.tables):
         errors["output_error_final"] = output_error(handle, sensitivity_batches, references)
     return {
         "recipe": recipe.to_dict(),
         "passes": passes,
         "layers": layers,
         # over the layers the recipe quantizes (or keeps in float itself); the adapter's default float layers are apart
-        "bits_per_weight": _bits(layers, only_budget=True),
-        "bits_per_weight_all_layers": _bits(layers, only_budget=False),
+        "bits_per_weight": plan_bits(layers, only_budget=True),
+        "bits_per_weight_all_layers": plan_bits(layers, only_budget=False),
         "search": plan.search if plan is not None else None,
-        "structure": context.shared.get("structure"),  # shapes after structured pruning, None when unpruned
-        "sparsity": _sparsity(context.shared.get("sparsity")),
+        "structure": structure.record if structure is not None else None,  # None when unpruned
+        "sparsity": sparsity.to_record() if sparsity is not None else None,
         # settings a tokens-stage pass patched the model with; loading applies them again (compressor/reduction.py)
-        "token_reduction": context.shared.get("token_reduction"),
-        "embeddings": context.shared.get("embeddings", []),
-        "fallback": context.shared.get("fallback", []),
+        "token_reduction": reduction.settings if reduction is not None else None,
+        "embeddings": embeddings.tables if embeddings is not None else [],
+        "fallback": fallback.restored if fallback is not None else [],
         "output_error": errors,
         "calibration_runs": service.runs,
         "seconds": round(time.perf_counter() - started, 2),
     }
 
 
-def _sparsity(found: dict | None) -> dict | None:
-    """The sparse layers and their pattern, which the checkpoint stores compressed and export checks."""
-    if not found:
-        return None
-    return {"pattern": found["pattern"],
-            "layers": {n: round(1 - float(m.float().mean()), 4) for n, m in found["masks"].items()}}
-
-
-def _bits(layers: list[dict], only_budget: bool) -> float:
+def plan_bits(layers: list[dict], only_budget: bool) -> float:
+    """Average effective bits per weight of the recorded layers (those in the bit budget, or all)."""
     chosen = [r for r in layers if r["in_budget"] or not only_budget]
     if not chosen:  # nothing quantized (a pruning-only recipe): the weights stay FP32
         return 32.0

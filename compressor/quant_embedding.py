@@ -45,8 +45,8 @@ class QuantEmbedding(PackedWeight):
         return self.dequantized_weight()
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        if self.format_name == "int8":
-            return self.weight_values[ids].float() * self.weight_scale[ids].unsqueeze(-1)
+        if self.format.gathers_rows:  # e.g. INT8: look up int8 rows and their scales, no float table
+            return self.format.gather_rows(self.stored_weight(), ids)
         return nn.functional.embedding(ids, self.weight)
 
     def extra_repr(self) -> str:

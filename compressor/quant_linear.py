@@ -10,13 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from compressor.numerics.activations import ACTIVATION_FORMATS
 from compressor.numerics.formats import SCHEMES, Scheme, make_weight_format
-from compressor.numerics.fp8 import fake_quantize_fp8
 from compressor.numerics.hadamard import check_rotatable, hadamard_matrix, rotate_blocks
-from compressor.numerics.int8 import fake_quantize_int8
-from compressor.numerics.mxfp4 import fake_quantize_mxfp4
-from compressor.numerics.nvfp4 import fake_quantize_nvfp4
-from compressor.numerics.vq import check_vq_shape
 from compressor.registry import Registry
 
 WEIGHT_PREFIX = "weight_"
@@ -78,13 +74,11 @@ class QuantLinear(PackedWeight):
             raise ValueError("QuantLinear needs a scheme with a quantized weight")
         self.in_features, self.out_features = in_features, out_features
         fmt = make_weight_format(self.scheme.weight, group_size, symmetric, vq_shape)
-        if fmt.name == "vq":
-            check_vq_shape(fmt.dim, fmt.entries, in_features)
+        fmt.check_layer(in_features)
         self.register_packed_weight(fmt, out_features, in_features)
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
         self.register_buffer("input_smooth", torch.ones(in_features) if smooth else None)
-        has_input_scale = self.scheme.activation in ("int8", "fp8", "nvfp4")
-        self.register_buffer("input_scale", torch.tensor(1.0) if has_input_scale else None)
+        self.register_buffer("input_scale", torch.tensor(1.0) if self.scheme.input.has_static_scale else None)
         # Block size of the input's Hadamard rotation (0: none). The stored weight is the rotated one,
         # W R; the (smoothed) input is rotated, x R, before its quantization. Not a buffer: the
         # checkpoint's layer record carries it.
@@ -124,7 +118,7 @@ class QuantLinear(PackedWeight):
             weight = rounded_weight
         layer.store_weight(weight, scales)
         if layer.input_scale is not None:
-            layer.input_scale.fill_(input_scale_for(layer.scheme.activation, input_amax))
+            layer.input_scale.fill_(layer.scheme.input.static_scale(input_amax))
         if linear.bias is not None:
             layer.bias.copy_(linear.bias.detach().float())
         return layer
@@ -148,7 +142,7 @@ class QuantLinear(PackedWeight):
             x = x * self.input_smooth
         if self.rotation:
             x = rotate_blocks(x, hadamard_matrix(self.rotation, x.dtype, x.device))
-        return fake_quantize_input(self.scheme.activation, x, self.input_scale)
+        return self.scheme.input.fake_quantize(x, self.input_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.export_fn is not None:
@@ -161,23 +155,6 @@ class QuantLinear(PackedWeight):
         return f"in_features={self.in_features}, out_features={self.out_features}, {self.scheme.name}{smooth}{rotation}"
 
 
-def input_scale_for(activation: str, amax: float | None) -> float:
-    """The static scale an input format needs from its calibrated range."""
-    if amax is None:
-        raise ValueError(f"{activation} inputs need a calibrated range")
-    amax = max(float(amax), 1e-12)
-    return {"int8": amax / 127.0, "fp8": amax / 448.0, "nvfp4": amax / (6.0 * 448.0)}[activation]
-
-
 def fake_quantize_input(activation: str, x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-    if activation == "none":
-        return x
-    if activation == "int8":
-        return fake_quantize_int8(x, scale)
-    if activation == "fp8":
-        return fake_quantize_fp8(x, scale)
-    if activation == "nvfp4":
-        return fake_quantize_nvfp4(x, scale)
-    if activation == "mxfp4":
-        return fake_quantize_mxfp4(x)
-    raise ValueError(f"unknown activation format {activation!r}")
+    """``x`` through the named input format's run-time quantization (float ops)."""
+    return ACTIVATION_FORMATS.lookup(activation).fake_quantize(x, scale)

@@ -22,7 +22,7 @@ from pydantic import Field, ValidationError
 
 from compressor.errors import CompressorError
 from compressor.passes import PASSES
-from compressor.passes.base import STAGES, Pass, PassConfig
+from compressor.passes.base import STAGES, Pass, PassConfig, missing_results
 
 
 class CalibrationSettings(PassConfig):
@@ -109,7 +109,8 @@ def make_pass(entry, where: str = "recipe") -> Pass:
 
 
 def check_order(passes: list[Pass]) -> None:
-    """Stages never go backwards, each pass at most once, and each pass's own before/after rules hold."""
+    """Stages never go backwards, each pass at most once, each pass's own before/after rules hold, and an
+    earlier pass produces every result a pass requires."""
     names = [p.name for p in passes]
     for name in set(names):
         if names.count(name) > 1:
@@ -125,6 +126,11 @@ def check_order(passes: list[Pass]) -> None:
         for other in p.before:
             if other not in names[i + 1:]:
                 raise CompressorError(f"recipe order: '{p.name}' needs '{other}' later in the recipe")
+        missing = missing_results(p, {kind for q in passes[:i] for kind in q.produces})
+        if missing:
+            producers = " or ".join(sorted({kind.produced_by for kind in p.requires if kind.__name__ in missing}))
+            raise CompressorError(f"recipe order: '{p.name}' needs '{producers}' earlier in the recipe "
+                                  f"(it reads the {', '.join(missing)})")
 
 
 # --- presets ------------------------------------------------------------------------------------

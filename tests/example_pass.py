@@ -5,6 +5,7 @@ import torch
 from pydantic import Field
 
 from compressor.passes.base import PASSES, Pass, PassConfig
+from compressor.passes.plan import QuantizationPlan
 from compressor.quant_linear import QuantLinear
 
 
@@ -16,11 +17,11 @@ class BiasCorrectionConfig(PassConfig):
 class BiasCorrectionPass(Pass):
     Config = BiasCorrectionConfig
     stage = "refine"
-    requires = ("samples",)
-    after = ("quantize",)
+    statistics = ("samples",)
+    requires = (QuantizationPlan,)  # the float layers quantize replaced
 
     def apply(self, context) -> dict:
-        originals = context.shared["originals"]
+        originals = context.result(QuantizationPlan).originals
         corrected = {}
         for name, module in context.handle.model.named_modules():
             if not isinstance(module, QuantLinear) or module.bias is None:

@@ -3,6 +3,12 @@
 A weight format turns a float [out, in] weight into the tensors stored on disk and back. It also
 exposes its scales group by group (``group_size`` consecutive input columns share one scale), which
 is what error-compensating rounding needs: it fixes a group's scales, then rounds column by column.
+
+Each format is one entry of ``WEIGHT_FORMATS`` (name → a factory taking the recipe's group size,
+symmetry and VQ shape) and answers for itself: its bits, its stored tensors, which rounding
+strategies apply to it (``roundings``), how a module checks its shape, how an embedding looks rows
+up. A new format is a class here (or in its own file) with one ``@WEIGHT_FORMATS.register`` line;
+its ONNX lowering registers in ``exporters/onnx_lowbit.py`` under the same name.
 """
 from __future__ import annotations
 
@@ -16,14 +22,33 @@ from compressor.numerics.int4 import dequantize_int3, dequantize_int4, int4_scal
 from compressor.numerics.int8 import INT8_MAX, INT8_MIN, dequantize_int8, int8_scale, quantize_int8
 from compressor.numerics.mxfp4 import MXFP4_BLOCK, dequantize_mxfp4, mxfp4_exponents, quantize_mxfp4
 from compressor.numerics.nvfp4 import NVFP4_BLOCK, dequantize_nvfp4, nvfp4_block_scales, nvfp4_tensor_scale, quantize_nvfp4
+from compressor.numerics.activations import ACTIVATION_FORMATS, ActivationFormat
 from compressor.numerics.vq import check_vq_shape, dequantize_vq, quantize_vq, vq_bits_per_weight
+from compressor.registry import Registry
 
 Tensors = dict[str, torch.Tensor]
+
+# weight format name → factory(group_size, symmetric, vq_shape) -> WeightFormat
+WEIGHT_FORMATS = Registry("weight format")
 
 
 class WeightFormat:
     name: str
     group_size: int | None = None  # None: one scale per output row
+    # Rounding strategy (compressor/passes/rounding.py) per recipe ``rounding``: scalar grids round
+    # column by column, a vector format rounds whole sub-vectors.
+    roundings = {"rtn": "nearest", "gptq": "gptq"}
+    gathers_rows = False  # an embedding table in this format looks rows up without expanding it
+
+    @classmethod
+    def create(cls, group_size: int = 128, symmetric: bool = True, vq_shape: tuple[int, int] | None = None):
+        return cls()
+
+    def check_layer(self, in_features: int, where: str = "") -> None:
+        """Refuse a layer shape the format cannot hold (one-line error naming ``where``)."""
+
+    def gather_rows(self, t: Tensors, ids: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def bits_per_weight(self, in_features: int, out_features: int | None = None) -> float:
         raise NotImplementedError
@@ -54,8 +79,13 @@ class WeightFormat:
         return {"weight_format": self.name}
 
 
+@WEIGHT_FORMATS.register("int8")
 class Int8Weight(WeightFormat):
     name = "int8"
+    gathers_rows = True
+
+    def gather_rows(self, t, ids):
+        return t["values"][ids].float() * t["scale"][ids].unsqueeze(-1)
 
     def bits_per_weight(self, in_features: int, out_features: int | None = None) -> float:
         return 8 + 32 / in_features
@@ -74,6 +104,7 @@ class Int8Weight(WeightFormat):
         return dequantize_int8(t["values"], t["scale"], axis=0)
 
 
+@WEIGHT_FORMATS.register("fp8")
 class Fp8Weight(WeightFormat):
     name = "fp8"
 
@@ -98,12 +129,17 @@ class Fp8Weight(WeightFormat):
         return dequantize_fp8(t["values"], t["scale"], axis=0)
 
 
+@WEIGHT_FORMATS.register("int4")
 @dataclass
 class Int4Weight(WeightFormat):
     group_size: int = 128
     symmetric: bool = True
     name = "int4"
     bits = 4
+
+    @classmethod
+    def create(cls, group_size=128, symmetric=True, vq_shape=None):
+        return cls(group_size, symmetric)
 
     def bits_per_weight(self, in_features: int, out_features: int | None = None) -> float:
         return self.bits + (32 + (0 if self.symmetric else 8)) / self.group_size
@@ -128,6 +164,7 @@ class Int4Weight(WeightFormat):
         return {"weight_format": self.name, "group_size": self.group_size, "symmetric": self.symmetric}
 
 
+@WEIGHT_FORMATS.register("int3")
 @dataclass
 class Int3Weight(Int4Weight):
     """Group-wise INT3: the INT4 grids with 8 levels, codes bit-packed 8 per 3 bytes."""
@@ -145,6 +182,7 @@ class Int3Weight(Int4Weight):
         return dequantize_int3(t["codes"], t["scale"], t["zero"], self.group_size)
 
 
+@WEIGHT_FORMATS.register("nvfp4")
 class Nvfp4Weight(WeightFormat):
     name = "nvfp4"
     group_size = NVFP4_BLOCK
@@ -171,6 +209,7 @@ class Nvfp4Weight(WeightFormat):
         return dequantize_nvfp4(t["packed"], t["block_scale"], t["tensor_scale"])
 
 
+@WEIGHT_FORMATS.register("mxfp4")
 class Mxfp4Weight(WeightFormat):
     name = "mxfp4"
     group_size = MXFP4_BLOCK
@@ -202,9 +241,13 @@ class VqWeight(WeightFormat):
     dim: int = 2
     entries: int = 64
     name = "vq"
+    roundings = {"rtn": "vq_nearest", "gptq": "gptvq"}
 
     def __post_init__(self):
         check_vq_shape(self.dim, self.entries)
+
+    def check_layer(self, in_features: int, where: str = "") -> None:
+        check_vq_shape(self.dim, self.entries, in_features, where=where or "vq")
 
     def bits_per_weight(self, in_features: int, out_features: int | None = None) -> float:
         if out_features is None:
@@ -233,6 +276,17 @@ class VqWeight(WeightFormat):
 VQ_SHAPES = {"vq3": (2, 64), "vq2": (4, 256)}
 
 
+def _vq_factory(shape: tuple[int, int]):
+    def create(group_size=128, symmetric=True, vq_shape=None):
+        return VqWeight(*(vq_shape or shape))
+
+    return create
+
+
+for _name, _shape in VQ_SHAPES.items():
+    WEIGHT_FORMATS.register(_name)(_vq_factory(_shape))
+
+
 def layer_group_size(group_size: int, in_features: int) -> int:
     """INT4 group size for a layer: a layer narrower than the group is one group per row (a small ViT's
     64-wide inputs under the default 128), anything else keeps the recipe's size."""
@@ -242,16 +296,11 @@ def layer_group_size(group_size: int, in_features: int) -> int:
 def make_weight_format(name: str, group_size: int = 128, symmetric: bool = True,
                        vq_shape: tuple[int, int] | None = None) -> WeightFormat:
     """``vq_shape`` (dim, entries) replaces a VQ scheme's own (``VQ_SHAPES``)."""
-    if name == "int4":
-        return Int4Weight(group_size, symmetric)
-    if name == "int3":
-        return Int3Weight(group_size, symmetric)
-    if name in VQ_SHAPES:
-        return VqWeight(*(vq_shape or VQ_SHAPES[name]))
-    formats = {"int8": Int8Weight, "fp8": Fp8Weight, "nvfp4": Nvfp4Weight, "mxfp4": Mxfp4Weight}
-    if name not in formats:
+    if name not in WEIGHT_FORMATS:
         raise ValueError(f"unknown weight format {name!r}")
-    return formats[name]()
+    factory = WEIGHT_FORMATS[name]
+    create = factory.create if isinstance(factory, type) else factory
+    return create(group_size=group_size, symmetric=symmetric, vq_shape=vq_shape)
 
 
 @dataclass(frozen=True)
@@ -259,17 +308,32 @@ class Scheme:
     """What one Linear layer becomes: a weight format and how its input is quantized.
 
     activation: 'none' (weight-only), 'int8' / 'fp8' (static per-tensor scale from calibration),
-    'nvfp4' (dynamic E4M3 block scales, static FP32 tensor scale), 'mxfp4' (dynamic E8M0 block scales).
+    'nvfp4' (dynamic E4M3 block scales, static FP32 tensor scale), 'mxfp4' (dynamic E8M0 block scales)
+    (``compressor/numerics/activations.py``). ``migration``: the outlier-migration pass whose search
+    applies to the layer when the recipe has it (SmoothQuant's W8A8 error, AWQ's weight-only error;
+    none for VQ, whose rounding is not by column groups). ``error_feedback``: whether a ``gptq`` recipe
+    rounds it with error feedback (W8A8 INT8 keeps round-to-nearest with its SmoothQuant search).
     """
 
     name: str
     weight: str | None  # None: the layer stays in float
     activation: str
     description: str
+    migration: str | None = "awq"
+    error_feedback: bool = True
+
+    @property
+    def is_float(self) -> bool:
+        return self.weight is None
+
+    @property
+    def input(self) -> ActivationFormat:
+        return ACTIVATION_FORMATS[self.activation]
 
 
-SCHEMES: dict[str, Scheme] = {s.name: s for s in [
-    Scheme("int8", "int8", "int8", "W8A8 INT8: per-channel weights, static per-tensor inputs"),
+SCHEMES = Registry("scheme")
+for _scheme in [
+    Scheme("int8", "int8", "int8", "W8A8 INT8: per-channel weights, static per-tensor inputs", "smoothquant", False),
     Scheme("fp8", "fp8", "fp8", "W8A8 FP8 E4M3: per-channel weights, static per-tensor inputs"),
     Scheme("nvfp4", "nvfp4", "nvfp4", "W4A4 NVFP4: weights and dynamic block-scaled inputs"),
     Scheme("mxfp4", "mxfp4", "mxfp4", "W4A4 MXFP4: weights and dynamic block-scaled inputs"),
@@ -280,15 +344,23 @@ SCHEMES: dict[str, Scheme] = {s.name: s for s in [
     Scheme("w3a16-int3", "int3", "none", "group-wise INT3 weights, float inputs"),
     Scheme("w4a8-int4", "int4", "int8", "group-wise INT4 weights, static per-tensor INT8 inputs"),
     Scheme("w4a8-nvfp4", "nvfp4", "int8", "NVFP4 weights, static per-tensor INT8 inputs"),
-    Scheme("vq3", "vq3", "none", "vector-quantized weights, about 3 bits (2-weight sub-vectors, 64 entries), float inputs"),
-    Scheme("vq2", "vq2", "none", "vector-quantized weights, about 2 bits (4-weight sub-vectors, 256 entries), float inputs"),
-    Scheme("vq3-int8", "vq3", "int8", "about 3-bit vector-quantized weights, static per-tensor INT8 inputs"),
-    Scheme("vq2-int8", "vq2", "int8", "about 2-bit vector-quantized weights, static per-tensor INT8 inputs"),
-    Scheme("vq3-fp8", "vq3", "fp8", "about 3-bit vector-quantized weights, static per-tensor FP8 inputs"),
-    Scheme("float", None, "none", "kept in 16/32-bit float"),
-]}
+    Scheme("vq3", "vq3", "none", "vector-quantized weights, about 3 bits (2-weight sub-vectors, 64 entries), float inputs",
+           None),
+    Scheme("vq2", "vq2", "none", "vector-quantized weights, about 2 bits (4-weight sub-vectors, 256 entries), float inputs",
+           None),
+    Scheme("vq3-int8", "vq3", "int8", "about 3-bit vector-quantized weights, static per-tensor INT8 inputs", None),
+    Scheme("vq2-int8", "vq2", "int8", "about 2-bit vector-quantized weights, static per-tensor INT8 inputs", None),
+    Scheme("vq3-fp8", "vq3", "fp8", "about 3-bit vector-quantized weights, static per-tensor FP8 inputs", None),
+    Scheme("float", None, "none", "kept in 16/32-bit float", None),
+]:
+    SCHEMES.register(_scheme.name)(_scheme)
 
-ACTIVATION_BLOCK = {"nvfp4": NVFP4_BLOCK, "mxfp4": MXFP4_BLOCK}
+FLOAT = "float"  # the scheme of a layer kept in float, as layer records name it
+
+
+def is_float_scheme(name: str) -> bool:
+    """Whether a layer record's scheme (or an embedding record's format) keeps the weights in float."""
+    return SCHEMES[name].is_float if name in SCHEMES else False
 
 
 def scheme_bits(scheme: Scheme, in_features: int, group_size: int = 128, symmetric: bool = True,

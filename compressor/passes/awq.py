@@ -12,6 +12,7 @@ import torch
 
 from compressor.numerics.formats import WeightFormat
 from compressor.passes.base import PASSES, Pass, PassConfig
+from compressor.passes.results import LayerInputs, Migrations
 from compressor.passes.smoothquant import SmoothingChoice
 
 AWQ_ALPHAS = [i / 10 for i in range(1, 11)]
@@ -65,12 +66,13 @@ class AwqPass(Pass):
 
     Config = AwqConfig
     stage = "migrate"
-    requires = ("samples",)
+    statistics = ("samples",)
+    produces = (Migrations,)
     before = ("quantize",)
 
-    def search(self, sample: torch.Tensor, weight: torch.Tensor, fmt: WeightFormat) -> SmoothingChoice:
-        return search_awq_scales(sample, weight, fmt, self.config.alphas)
+    def search(self, layer: LayerInputs) -> SmoothingChoice:
+        return search_awq_scales(layer.sample, layer.weight, layer.weight_format, self.config.alphas)
 
     def apply(self, context) -> dict:
-        context.shared.setdefault("migrations", {})["weight"] = self
+        context.results.setdefault(Migrations).searches[self.name] = self
         return {"applies_to": "quantized layers other than W8A8 INT8", "alphas": self.config.alphas}

@@ -8,9 +8,10 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from compressor.numerics.formats import make_weight_format
+from compressor.numerics.formats import FLOAT, is_float_scheme, make_weight_format
 from compressor.passes.base import PASSES, Pass, PassConfig
 from compressor.passes.plan import set_module
+from compressor.passes.results import QuantizedEmbeddings
 from compressor.quant_embedding import QuantEmbedding
 
 MIN_ROWS = 16  # tiny tables (token types) are not worth their scales
@@ -24,7 +25,7 @@ def quantize_embeddings(model: nn.Module, names: list[str], fmt: str, group_size
             continue
         block = make_weight_format(fmt, group_size, symmetric).group_size or 1
         if embedding.embedding_dim % block:  # the row length must split into whole blocks
-            records.append({"name": name, "format": "float", "rows": embedding.num_embeddings, "bits": 32.0,
+            records.append({"name": name, "format": FLOAT, "rows": embedding.num_embeddings, "bits": 32.0,
                             "error": 0.0, "note": f"kept in float: rows of {embedding.embedding_dim} do not split "
                                                   f"into {fmt} blocks of {block}"})
             continue
@@ -53,6 +54,7 @@ class EmbeddingsPass(Pass):
 
     Config = EmbeddingsConfig
     stage = "refine"
+    produces = (QuantizedEmbeddings,)
 
     def apply(self, context) -> dict:
         cfg, model = self.config, context.handle.model
@@ -60,5 +62,5 @@ class EmbeddingsPass(Pass):
                                      cfg.group_size, cfg.symmetric)
         for table in tables:
             context.calibration.invalidate(table["name"])
-        context.shared["embeddings"] = [t for t in tables if t["format"] != "float"]
+        context.results.put(QuantizedEmbeddings([t for t in tables if not is_float_scheme(t["format"])]))
         return {"tables": tables}

@@ -6,8 +6,10 @@ from pydantic import Field
 from torch import nn
 from tqdm.auto import tqdm
 
+from compressor.numerics.formats import FLOAT
 from compressor.passes.base import PASSES, Pass, PassConfig
 from compressor.passes.plan import QuantizationPlan, set_module
+from compressor.passes.results import Fallback
 
 
 @torch.no_grad()
@@ -51,7 +53,7 @@ def apply_fallback(
     the fully quantized model's relative output error is already within ``tolerance``: a float layer
     costs latency. Returns the restored names and the output errors before and after."""
     records = plan.by_name()
-    quantized = [r.name for r in plan.layers if r.format != "float"]
+    quantized = [r.name for r in plan.layers if not r.is_float]
     total = output_error(handle, batches, references) if quantized else 0.0
     errors = {"output_error_quantized": total, "output_error_final": total, "tolerance": tolerance}
     if max_layers == 0 or not quantized or total <= tolerance:
@@ -68,7 +70,7 @@ def apply_fallback(
         records[name].note = (
             f"kept in float: its {records[name].format} version caused {100 * records[name].fallback_gain:.1f}% of the output error"
         )
-        records[name].format, records[name].bits = "float", 16.0
+        records[name].format, records[name].bits = FLOAT, 16.0
     if chosen:
         errors["output_error_final"] = output_error(handle, batches, references)
     return chosen, errors
@@ -90,15 +92,14 @@ class FallbackPass(Pass):
 
     Config = FallbackConfig
     stage = "refine"
-    after = ("quantize",)
+    requires = (QuantizationPlan,)
+    produces = (Fallback,)
 
     def apply(self, context) -> dict:
-        cfg = self.config
-        restored, errors = apply_fallback(context.handle, context.shared["originals"], context.sensitivity_batches,
-                                          context.references, context.shared["plan"], cfg.max_layers, cfg.min_gain,
-                                          cfg.tolerance)
+        cfg, plan = self.config, context.result(QuantizationPlan)
+        restored, errors = apply_fallback(context.handle, plan.originals, context.sensitivity_batches,
+                                          context.references, plan, cfg.max_layers, cfg.min_gain, cfg.tolerance)
         for name in restored:
             context.calibration.invalidate(name)
-        context.shared["fallback"] = restored
-        context.shared["output_error"] = errors
+        context.results.put(Fallback(restored, errors))
         return {"restored": restored, **errors}

@@ -15,32 +15,13 @@ import torch
 from calibrators.collect import run_with_input_hooks
 from calibrators.statistics import HessianAccumulator
 from compressor.numerics.formats import WeightFormat
-
-DAMP_RETRIES = 4  # each retry multiplies the damping by 10
-
+from compressor.numerics.hessian import upper_cholesky_of_inverse
 
 def collect_hessians(model, batches, layer_names, forward, token_mask) -> dict[str, tuple[torch.Tensor, int]]:
     """{layer: (H = 2/n · Σ xᵀx over real tokens, float64 [in, in], n)} for each named layer's input."""
     sums = HessianAccumulator()
     run_with_input_hooks(model, batches, layer_names, sums, forward, token_mask, desc="calibration: hessians")
     return {name: (sums.hessians[name], sums.counts[name]) for name in sums.hessians}
-
-
-def _upper_cholesky_of_inverse(h: torch.Tensor, damp: float, report: dict | None = None) -> torch.Tensor:
-    """U with H⁻¹ = UᵀU. Damping the diagonal keeps a rank-deficient H (few tokens) invertible."""
-    eye = torch.eye(len(h), dtype=h.dtype, device=h.device)
-    mean_diag = float(h.diagonal().mean())
-    for attempt in range(DAMP_RETRIES + 1):
-        try:
-            lower = torch.linalg.cholesky(h + eye * (damp * 10**attempt * mean_diag))
-            if report is not None:
-                report["damp"] = damp * 10**attempt  # what it took: more than asked when H was near singular
-            return torch.linalg.cholesky(torch.cholesky_inverse(lower), upper=True)
-        except torch.linalg.LinAlgError:
-            continue
-    raise ValueError(
-        f"GPTQ: the Hessian is not positive definite even with damping {damp * 10**DAMP_RETRIES:g} x its mean diagonal"
-    )
 
 
 @torch.no_grad()
@@ -64,7 +45,7 @@ def gptq_quantize(
     dead = h.diagonal() == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
-    u = _upper_cholesky_of_inverse(h, damp, report)
+    u = upper_cholesky_of_inverse(h, damp, report)
 
     keep = None if mask is None else mask.to(w.device).double()
     shared = fmt.shared_scales(weight.detach().float() if mask is None else weight.detach().float() * mask)

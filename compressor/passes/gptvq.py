@@ -14,7 +14,7 @@ import torch
 
 from compressor.numerics.formats import VqWeight
 from compressor.numerics.vq import fit_codebook, nearest_entries, row_scales, sub_vectors
-from compressor.passes.gptq import _upper_cholesky_of_inverse
+from compressor.numerics.hessian import upper_cholesky_of_inverse
 
 
 def hessian_codebook(weight: torch.Tensor, hessian: torch.Tensor, fmt: VqWeight, scale: torch.Tensor,
@@ -104,7 +104,7 @@ def gptvq_quantize(weight: torch.Tensor, hessian: torch.Tensor, fmt: VqWeight, d
     w[:, dead] = 0.0
     scale = row_scales(w)
     codebook = hessian_codebook(w, h, fmt, scale, seed)
-    u = _upper_cholesky_of_inverse(h, damp, report)
+    u = upper_cholesky_of_inverse(h, damp, report)
     block_size = max(dim, block_size // dim * dim)
     scaled = w / scale.double()[:, None]  # the error feedback is linear per row: run it on the scaled rows
     indices = _assign(scaled, u, codebook.double(), dim, block_size)

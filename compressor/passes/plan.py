@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from torch import nn
+
+from compressor.numerics.formats import is_float_scheme
 
 
 @dataclass
@@ -26,14 +29,23 @@ class LayerRecord:
     in_budget: bool = True  # False for layers an adapter keeps in float by default (DiT conditioning)
     note: str = ""
 
+    @property
+    def is_float(self) -> bool:
+        return is_float_scheme(self.format)
+
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
 
 @dataclass
 class QuantizationPlan:
+    """The quantize pass's result: a record per layer, what a search found, and the float modules the
+    quantized ones replaced (for passes that compare against them or put them back)."""
+
+    produced_by: ClassVar[str] = "quantize"
     layers: list[LayerRecord] = field(default_factory=list)
     search: dict | None = None  # what a per-layer precision search found, when one ran
+    originals: dict[str, nn.Module] = field(default_factory=dict, repr=False)
 
     def by_name(self) -> dict[str, LayerRecord]:
         return {layer.name: layer for layer in self.layers}

@@ -18,14 +18,15 @@ from pydantic import Field, model_validator
 
 from calibrators.observers import make_observer
 from compressor.errors import CompressorError
-from compressor.numerics.formats import ACTIVATION_BLOCK, SCHEMES, VQ_SHAPES, layer_group_size, make_weight_format, scheme_bits
-from compressor.numerics.vq import check_vq_shape, nearest_entries, sub_vectors
-from compressor.numerics.hadamard import hadamard_rotate, rotatable, rotate_hessian, rotated_amax_bound
-from compressor.passes.awq import search_awq_scales
+from compressor.numerics.formats import FLOAT, SCHEMES, layer_group_size, make_weight_format, scheme_bits
+from compressor.numerics.vq import check_vq_shape
+from compressor.numerics.hadamard import rotatable, rotated_amax_bound
 from compressor.passes.base import PASSES, Pass, PassConfig
-from compressor.passes.plan import LayerRecord, QuantizationPlan, matches, pinned_scheme, set_module
+from compressor.passes.plan import LayerRecord, QuantizationPlan, matches, pinned_scheme
 from compressor.passes.precision_search import Option, average_bits, check_budget, choose_schemes, measure_sensitivity
-from compressor.passes.smoothquant import SmoothingChoice
+from compressor.passes.results import LayerInputs, Migrations, Sparsity
+from compressor.passes.rounding import LayerProblem, rounding_for
+from compressor.passes.transforms import HadamardRotation, Smoothing
 from compressor.quant_linear import QuantLinear
 
 OBSERVER_NAMES = ("entropy", "max", "mse", "percentile")
@@ -103,9 +104,9 @@ def layer_options(names: list[str], recipe: QuantizeConfig, keep_float: tuple[st
     so by default (and no pattern pins it), the search candidates, or the recipe's scheme."""
     options = {}
     for name in names:
-        pinned = "float" if matches(name, recipe.exclude) else pinned_scheme(name, recipe.formats)
+        pinned = FLOAT if matches(name, recipe.exclude) else pinned_scheme(name, recipe.formats)
         if kept_by_default(name, recipe, keep_float):
-            pinned = "float"
+            pinned = FLOAT
         options[name] = [pinned] if pinned else list(recipe.candidates) if recipe.candidates else [recipe.scheme]
     return options
 
@@ -122,41 +123,41 @@ def _layer_error(module: nn.Module, linear: nn.Linear, x: torch.Tensor) -> float
 
 
 class _Candidates:
-    """Statistics from calibration and the (layer, scheme) modules built from them."""
+    """Statistics from calibration and the (layer, scheme) modules built from them: each candidate is its
+    outlier migration (a searched smoothing), its rotation, its input range and its rounding strategy."""
 
-    def __init__(self, handle, calibration, recipe: QuantizeConfig, options: dict[str, list[str]], migrations: dict,
-                 sparsity: dict | None = None):
-        self.handle, self.recipe, self.options, self.migrations = handle, recipe, options, migrations
+    def __init__(self, handle, calibration, recipe: QuantizeConfig, options: dict[str, list[str]],
+                 migrations: Migrations, sparsity: Sparsity):
+        self.handle, self.recipe, self.options, self.migrations = handle, recipe, options, migrations.searches
         self.model, self.calibration = handle.model, calibration
         self.linears = {n: self.model.get_submodule(n) for n in options}
-        self.masks = sparsity.get("masks", {}) if sparsity else {}  # left by a sparsify pass
-        quantized = [n for n in options if any(SCHEMES[s].weight for s in options[n])]
-        gptq_layers = {n for n in quantized if any(self._uses_gptq(s) or _is_vq(s) for s in options[n])}
+        self.masks = sparsity.masks
+        quantized = [n for n in options if any(not SCHEMES[s].is_float for s in options[n])]
+        hessian_layers = [n for n in quantized if any(self._rounding(n, s).needs_hessian for s in options[n]
+                                                      if not SCHEMES[s].is_float)]
         calibration.require(quantized)  # one run over the batches for every layer's input sample
-        if gptq_layers:
-            calibration.require(sorted(gptq_layers, key=quantized.index), samples=False, hessians=True)
-        self.smoothing = {(n, s): self._smoothing(n, s) for n in quantized for s in options[n] if SCHEMES[s].weight}
-        self.hessians = {n: calibration.hessian(n) for n in gptq_layers}
+        if hessian_layers:
+            calibration.require(hessian_layers, samples=False, hessians=True)
+        self.smoothing = {(n, s): self._smoothing(n, s) for n in quantized for s in options[n] if not SCHEMES[s].is_float}
+        self.hessians = {n: calibration.hessian(n) for n in hessian_layers}
         self.static_amax = self._static_ranges()
 
-    def _uses_gptq(self, scheme: str) -> bool:
-        return self.recipe.rounding == "gptq" and SCHEMES[scheme].weight is not None and scheme != "int8"
+    def _format(self, name: str, scheme: str):
+        linear, recipe = self.linears[name], self.recipe
+        return make_weight_format(SCHEMES[scheme].weight, layer_group_size(recipe.group_size, linear.in_features),
+                                  recipe.symmetric, recipe.vq_shape)
 
-    def _smoothing(self, name: str, scheme: str) -> SmoothingChoice | None:
-        weight = self.linears[name].weight
-        if _is_vq(scheme):  # AWQ's scale search rounds column groups; VQ rounds sub-vectors
+    def _rounding(self, name: str, scheme: str):
+        return rounding_for(SCHEMES[scheme], self._format(name, scheme), self.recipe.rounding)
+
+    def _smoothing(self, name: str, scheme: str):
+        """The migration search the scheme asks for, when a migrate pass left it (SmoothingChoice or None)."""
+        search = self.migrations.get(SCHEMES[scheme].migration)
+        if search is None:
             return None
-        sample = self.calibration.samples(name)
-        if scheme == "int8":
-            smoothquant = self.migrations.get("int8")
-            if smoothquant is None:
-                return None
-            return smoothquant.search(sample, weight, self.calibration.channel_amax(name), self.recipe.observe_amax)
-        awq = self.migrations.get("weight")
-        if awq is None:
-            return None
-        return awq.search(sample, weight, make_weight_format(SCHEMES[scheme].weight, layer_group_size(self.recipe.group_size, weight.shape[1]),
-                                                            self.recipe.symmetric))
+        layer = LayerInputs(self.calibration.samples(name), self.linears[name].weight,
+                            self.calibration.channel_amax(name), self.recipe.observe_amax, self._format(name, scheme))
+        return search.search(layer)
 
     def smooth(self, name: str, scheme: str) -> torch.Tensor | None:
         choice = self.smoothing.get((name, scheme))
@@ -164,7 +165,7 @@ class _Candidates:
 
     def _static_ranges(self) -> dict:
         """The recipe observer's range of each (smoothed) input that a static scale quantizes."""
-        keys = [(n, s) for n in self.options for s in self.options[n] if SCHEMES[s].activation in ("int8", "fp8")]
+        keys = [(n, s) for n in self.options for s in self.options[n] if SCHEMES[s].input.calibration == "observer"]
 
         def smoothed(key, x: torch.Tensor) -> torch.Tensor:
             smooth = self.smooth(*key)
@@ -175,99 +176,63 @@ class _Candidates:
     def _rotation(self, in_features: int, scheme: str) -> int:
         """The Hadamard block size of a W4A4 layer when the recipe rotates (its input format's block);
         0 for other schemes and for layers whose in_features the block does not divide."""
-        block = ACTIVATION_BLOCK.get(SCHEMES[scheme].activation)
+        block = SCHEMES[scheme].input.block
         if self.recipe.rotation != "hadamard" or block is None or not rotatable(in_features, block):
             return 0
         return block
 
+    def _input_amax(self, name: str, scheme: str, smooth: torch.Tensor | None, rotation: int) -> float:
+        """The range the input format's static scale is set from (0: the format has none)."""
+        how = SCHEMES[scheme].input.calibration
+        if how is None:
+            return 0.0
+        if how == "observer":
+            return self.static_amax[(name, scheme)]
+        # channel_max: block scales are dynamic; the tensor scale only sets their range
+        amax = self.calibration.channel_amax(name) * (1.0 if smooth is None else smooth)
+        # Rotated: a bound no calibration token's rotated input exceeds, whatever its signs.
+        return float(rotated_amax_bound(amax, rotation) if rotation else amax.max())
+
     def build(self, name: str, scheme: str) -> tuple[nn.Module, LayerRecord]:
         linear, recipe = self.linears[name], self.recipe
         spec, group_size = SCHEMES[scheme], layer_group_size(recipe.group_size, linear.in_features)
-        record = LayerRecord(name, scheme, _bits(self.model, name, scheme, recipe), linear.weight.numel())
-        if spec.weight is None:
-            if kept_by_default(name, recipe, self.handle.adapter.keep_float):
-                record.note = "kept in float by default (conditioning or output projection; outside the bit budget)"
-            else:
-                record.note = "excluded by recipe" if matches(name, recipe.exclude) else "kept in float by recipe"
+        record = LayerRecord(name, scheme, layer_bits(self.model, name, scheme, recipe), linear.weight.numel())
+        if spec.is_float:
+            record.note = self._float_note(name)
             return linear, record
         choice, smooth = self.smoothing.get((name, scheme)), self.smooth(name, scheme)
         if smooth is not None:
-            record.smoothing = "smoothquant" if scheme == "int8" else "awq"
+            record.smoothing = spec.migration
             record.smoothing_alpha, record.error_unsmoothed = choice.alpha, choice.error_unsmoothed
         mask = self.masks.get(name)
         record.rotation = rotation = 0 if mask is not None else self._rotation(linear.in_features, scheme)
-        if self.recipe.rotation == "hadamard" and spec.activation in ACTIVATION_BLOCK and not rotation:
+        if self.recipe.rotation == "hadamard" and spec.input.block and not rotation:
             record.note = ("not rotated: a rotation would mix the sparse weights" if mask is not None else
-                           f"not rotated: in_features {linear.in_features} is not a multiple of {ACTIVATION_BLOCK[spec.activation]}")
-        if spec.activation in ("int8", "fp8"):
-            record.input_amax = self.static_amax[(name, scheme)]
-        elif spec.activation == "nvfp4":  # block scales are dynamic; the tensor scale only sets their range
-            amax = self.calibration.channel_amax(name) * (1.0 if smooth is None else smooth)
-            # Rotated: a bound no calibration token's rotated input exceeds, whatever its signs.
-            record.input_amax = float(rotated_amax_bound(amax, rotation) if rotation else amax.max())
-        rounded = scales = None
-        if _is_vq(scheme):
-            rounded, scales = self._vector_quantize(name, record, rotation)
-        elif self._uses_gptq(scheme):
-            from compressor.passes.gptq import gptq_quantize
-
-            fmt = make_weight_format(spec.weight, group_size, recipe.symmetric)
-            weight, hessian = linear.weight.detach().float(), self.hessians[name]
-            if smooth is not None:  # the layer sees x * smooth and holds W / smooth
-                weight, hessian = weight / smooth, hessian * torch.outer(smooth, smooth).to(hessian.dtype)
-            if rotation:  # ... and (W / smooth) R, seeing x * smooth R: the Hessian becomes Rᵀ H R
-                weight, hessian = hadamard_rotate(weight, rotation), rotate_hessian(hessian, rotation)
-            report: dict = {}
-            rounded, scales = gptq_quantize(weight, hessian, fmt, damp=recipe.gptq_damp, report=report, mask=mask)
-            record.rounding = "gptq"
-            if report["damp"] > recipe.gptq_damp:
-                record.gptq_damp = report["damp"]
-                record.note = (record.note + "; " if record.note else "") + \
-                    f"GPTQ damping raised to {report['damp']:g} (the Hessian was near singular)"
+                           f"not rotated: in_features {linear.in_features} is not a multiple of {spec.input.block}")
+        record.input_amax = self._input_amax(name, scheme, smooth, rotation)
+        transforms = [*([Smoothing(smooth)] if smooth is not None else []),
+                      *([HadamardRotation(rotation)] if rotation else [])]
+        problem = LayerProblem(name, linear.weight, self.hessians.get(name), self._format(name, scheme), mask,
+                               transforms, recipe)
+        rounded = self._rounding(name, scheme).round(problem)
+        record.rounding = rounded.rounding
+        if rounded.damp is not None:
+            record.gptq_damp = rounded.damp
+            record.note = (record.note + "; " if record.note else "") + \
+                f"GPTQ damping raised to {rounded.damp:g} (the Hessian was near singular)"
         module = QuantLinear.from_linear(
-            linear, scheme, record.input_amax or None, smooth, rounded, scales, group_size, recipe.symmetric,
-            rotation=rotation, vq_shape=recipe.vq_shape,
+            linear, scheme, record.input_amax or None, smooth, rounded.weight, rounded.scales, group_size,
+            recipe.symmetric, rotation=rotation, vq_shape=recipe.vq_shape,
         )
         if mask is not None and bool((module.dequantized_weight()[~mask] != 0).any()):
             raise ValueError(f"{name}: {scheme} does not keep the sparse layer's zeros")  # a format without an exact 0
         record.error = _layer_error(module, linear, self.calibration.samples(name))
         return module, record
 
-
-    def _vector_quantize(self, name: str, record: LayerRecord, rotation: int) -> tuple[torch.Tensor, dict]:
-        """Codebook, indices and scales of a VQ layer: Hessian-weighted k-means, then GPTVQ's error
-        feedback (``rounding: gptq``) or nearest entries (``rtn``), then optionally the candidate refinement."""
-        from compressor.passes.gptvq import gptvq_quantize, hessian_codebook
-        from compressor.passes.vq_refine import refine_assignment
-        from compressor.numerics.vq import row_scales
-
-        linear, recipe = self.linears[name], self.recipe
-        fmt = make_weight_format(SCHEMES[record.format].weight, vq_shape=recipe.vq_shape)
-        check_vq_shape(fmt.dim, fmt.entries, linear.in_features, where=name)
-        if rotation or name in self.masks:
-            raise CompressorError(f"{name}: vector quantization does not combine with rotation or 2:4 sparsity")
-        weight, hessian = linear.weight.detach().float(), self.hessians[name]
-        if recipe.rounding == "gptq":
-            rounded, scales = gptvq_quantize(weight, hessian, fmt, damp=recipe.gptq_damp,
-                                            codebook_updates=recipe.vq_codebook_updates)
-            record.rounding = "gptvq"
-        else:
-            scale = row_scales(weight)
-            scales = {"codebook": hessian_codebook(weight, hessian, fmt, scale), "scale": scale}
-            rounded = None
-        normalized = (weight if rounded is None else rounded) / scales["scale"].float()[:, None]
-        indices = nearest_entries(sub_vectors(normalized, fmt.dim), scales["codebook"].float()).reshape(len(weight), -1)
-        if recipe.vq_refine_steps:
-            codebook, indices, report = refine_assignment(weight, hessian.float(), scales["codebook"], scales["scale"],
-                                                          indices, fmt.dim, recipe.vq_candidates, recipe.vq_refine_steps)
-            scales = {"codebook": codebook, "scale": scales["scale"]}
-            record.rounding = (record.rounding or "nearest") + "+refined"
-        vectors = scales["codebook"].float()[indices.reshape(-1)].reshape(weight.shape)
-        return vectors * scales["scale"].float()[:, None], scales
-
-
-def _is_vq(scheme: str) -> bool:
-    return SCHEMES[scheme].weight in VQ_SHAPES
+    def _float_note(self, name: str) -> str:
+        if kept_by_default(name, self.recipe, self.handle.adapter.keep_float):
+            return "kept in float by default (conditioning or output projection; outside the bit budget)"
+        return "excluded by recipe" if matches(name, self.recipe.exclude) else "kept in float by recipe"
 
 
 @PASSES.register("quantize")
@@ -277,7 +242,8 @@ class QuantizePass(Pass):
 
     Config = QuantizeConfig
     stage = "quantize"
-    requires = ("samples", "ranges", "hessians")
+    statistics = ("samples", "ranges", "hessians")
+    produces = (QuantizationPlan,)
 
     def apply(self, context) -> dict:
         handle, recipe = context.handle, self.config
@@ -286,21 +252,20 @@ class QuantizePass(Pass):
         # Layers the adapter keeps in float by default are outside the bit budget (reported apart).
         budgeted = [n for n in options if not kept_by_default(n, recipe, adapter.keep_float)]
         if any(len(o) > 1 for o in options.values()):  # fail before the slow part
-            check_budget({n: [_bits(model, n, s, recipe) for s in options[n]] for n in budgeted},
+            check_budget({n: [layer_bits(model, n, s, recipe) for s in options[n]] for n in budgeted},
                          {n: model.get_submodule(n).weight.numel() for n in budgeted}, recipe.max_bits)
-        for name in options:  # a sub-vector size that does not divide a layer: say so before calibrating
+        for name in options:  # a layer shape a format cannot hold (a VQ sub-vector size): say so before calibrating
             for scheme in options[name]:
-                if _is_vq(scheme):
-                    fmt = make_weight_format(SCHEMES[scheme].weight, vq_shape=recipe.vq_shape)
-                    check_vq_shape(fmt.dim, fmt.entries, model.get_submodule(name).in_features, where=name)
-        context.shared["originals"] = {n: model.get_submodule(n) for n in options}
-        candidates = _Candidates(handle, context.calibration, recipe, options, context.shared.get("migrations", {}),
-                                 context.shared.get("sparsity"))
+                if not SCHEMES[scheme].is_float:
+                    make_weight_format(SCHEMES[scheme].weight, vq_shape=recipe.vq_shape).check_layer(
+                        model.get_submodule(name).in_features, where=name)
+        plan = QuantizationPlan(originals={n: model.get_submodule(n) for n in options})
+        candidates = _Candidates(handle, context.calibration, recipe, options, context.results.setdefault(Migrations),
+                                 context.results.get(Sparsity) or Sparsity())
         built = {
             n: {s: candidates.build(n, s) for s in options[n]}
             for n in tqdm(options, desc="quantizing", unit="layer", leave=False)
         }
-        plan = QuantizationPlan()
         chosen = {n: options[n][0] for n in options}
         if any(len(o) > 1 for o in options.values()):
             searched, plan.search = _search(handle, {n: built[n] for n in budgeted}, recipe,
@@ -309,14 +274,15 @@ class QuantizePass(Pass):
         for name, scheme in chosen.items():
             module, record = built[name][scheme]
             record.in_budget = name in budgeted
-            if module is not context.shared["originals"][name]:
+            if module is not plan.originals[name]:
                 context.replace_module(name, module)
             plan.layers.append(record)
-        context.shared["plan"] = plan
+        context.results.put(plan)
         return {"layers": len(plan.layers), "search": plan.search}
 
 
-def _bits(model, name: str, scheme: str, recipe: QuantizeConfig) -> float:
+def layer_bits(model, name: str, scheme: str, recipe: QuantizeConfig) -> float:
+    """Effective bits per weight of layer ``name`` in ``scheme`` under the recipe's group size."""
     linear = model.get_submodule(name)
     in_features = linear.in_features
     return scheme_bits(SCHEMES[scheme], in_features, layer_group_size(recipe.group_size, in_features), recipe.symmetric,

@@ -15,6 +15,7 @@ from pydantic import Field
 
 from compressor.numerics.int8 import fake_quantize_int8, int8_scale, quantize_weight_int8_per_channel
 from compressor.passes.base import PASSES, Pass, PassConfig
+from compressor.passes.results import LayerInputs, Migrations
 
 
 @dataclass(frozen=True)
@@ -78,12 +79,13 @@ class SmoothQuantPass(Pass):
 
     Config = SmoothQuantConfig
     stage = "migrate"
-    requires = ("samples",)
+    statistics = ("samples",)
+    produces = (Migrations,)
     before = ("quantize",)
 
-    def search(self, sample: torch.Tensor, weight: torch.Tensor, channel_amax: torch.Tensor, observe_amax) -> SmoothingChoice:
-        return search_smoothing(sample, weight, channel_amax, observe_amax, self.config.alphas)
+    def search(self, layer: LayerInputs) -> SmoothingChoice:
+        return search_smoothing(layer.sample, layer.weight, layer.channel_amax, layer.observe_amax, self.config.alphas)
 
     def apply(self, context) -> dict:
-        context.shared.setdefault("migrations", {})["int8"] = self
+        context.results.setdefault(Migrations).searches[self.name] = self
         return {"applies_to": "W8A8 INT8 layers", "alphas": self.config.alphas}

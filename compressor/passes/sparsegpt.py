@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from compressor.numerics.sparsity import nm_mask, parse_sparsity, unstructured_mask
-from compressor.passes.gptq import _upper_cholesky_of_inverse
+from compressor.numerics.hessian import upper_cholesky_of_inverse
 
 
 @torch.no_grad()
@@ -42,7 +42,7 @@ def sparsegpt_prune(
     dead = h.diagonal() == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
-    u = _upper_cholesky_of_inverse(h, damp, report)
+    u = upper_cholesky_of_inverse(h, damp, report)
 
     pruned = torch.zeros_like(w)
     mask = torch.ones_like(w, dtype=torch.bool)

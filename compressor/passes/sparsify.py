@@ -3,7 +3,7 @@
 Layers are pruned block by block, each block calibrated on the inputs the already-pruned blocks
 produce. ``sparsegpt`` chooses the mask by OBS saliency and updates the kept weights to make up for
 the removed ones (sparsegpt.py); ``wanda`` keeps the largest |W|·‖x‖ and updates nothing. The masks
-are left for later passes (``context.shared["sparsity"]``): quantization keeps pruned weights exactly
+are left for later passes (a ``Sparsity`` result): quantization keeps pruned weights exactly
 zero and does not rotate sparse layers. With ``dense_budget``, the layers whose sparsity costs the
 model output most stay dense, up to that fraction of the layers' weights.
 """
@@ -18,6 +18,7 @@ from torch import nn
 from compressor.numerics.sparsity import nm_mask, parse_sparsity, unstructured_mask, wanda_scores
 from compressor.passes.base import PASSES, Pass, PassConfig
 from compressor.passes.plan import matches
+from compressor.passes.results import Sparsity
 from compressor.passes.precision_search import measure_sensitivity
 from compressor.passes.sparsegpt import sparsegpt_prune
 from compressor.passes.fallback import output_error
@@ -59,7 +60,8 @@ def pattern_name(target) -> str:
 class SparsifyPass(Pass):
     Config = SparsifyConfig
     stage = "prune"
-    requires = ("hessians",)
+    statistics = ("hessians",)
+    produces = (Sparsity,)
 
     def prune_layer(self, linear: nn.Linear, hessian: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         config, target = self.config, parse_sparsity(self.config.target)
@@ -98,7 +100,7 @@ class SparsifyPass(Pass):
         for name in kept_dense:
             context.replace_module(name, dense.pop(name))
             masks.pop(name)
-        context.shared["sparsity"] = {"pattern": pattern_name(config.target), "masks": masks}
+        context.results.put(Sparsity(pattern_name(config.target), masks))
         per_layer = {n: round(1 - float(m.float().mean()), 4) for n, m in masks.items()}
         weights = {n: m.numel() for n, m in masks.items()}
         total = sum(model.get_submodule(n).weight.numel() for n in layers) or 1

@@ -16,6 +16,7 @@ from compressor.diffusion.sampling import sample
 from compressor.diffusion.step_cache import apply_step_cache, remove_step_cache
 from compressor.errors import CompressorError
 from compressor.passes.base import PASSES, Pass, PassConfig
+from compressor.passes.results import TokenReduction
 from compressor.reduction import REDUCTIONS
 
 DEFAULT_THRESHOLDS = [round(0.025 * i, 3) for i in range(1, 21)]  # 0.025 … 0.5
@@ -56,6 +57,7 @@ def calibration_samples(handle, settings, threshold: float | None) -> tuple[torc
 class StepCachePass(Pass):
     Config = StepCacheConfig
     stage = "tokens"
+    produces = (TokenReduction,)
 
     def apply(self, context) -> dict:
         handle, cfg, settings = context.handle, self.config, context.settings
@@ -84,6 +86,6 @@ class StepCachePass(Pass):
                 low, high = (middle, high) if quality(candidates[middle])["psnr"] >= cfg.min_psnr else (low, middle - 1)
             threshold = candidates[low] if low >= 0 else 0.0
         apply_step_cache(handle.model, threshold)
-        context.shared["token_reduction"] = {"method": "step_cache", "threshold": threshold}
+        context.results.put(TokenReduction({"method": "step_cache", "threshold": threshold}))
         return {"threshold": threshold, "min_psnr": cfg.min_psnr,
                 "searched": {str(t): {k: round(v, 4) for k, v in m.items()} for t, m in sorted(measured.items())}}

@@ -27,6 +27,7 @@ from compressor.passes.base import PASSES, Pass, PassConfig
 from compressor.passes.fallback import pooled_error
 from compressor.passes.precision_search import Option, choose_schemes
 from compressor.passes.reconstruct import GramStats, reconstruct
+from compressor.passes.results import PrunedStructure
 from compressor.structure import keep_units, linear_macs, structure_record
 
 
@@ -175,7 +176,8 @@ class StructuredPrunePass(Pass):
 
     Config = StructuredPruneConfig
     stage = "prune"
-    requires = ("batches",)
+    statistics = ("batches",)
+    produces = (PrunedStructure,)
 
     def apply(self, context) -> dict:
         handle, config = context.handle, self.config
@@ -217,7 +219,7 @@ class StructuredPrunePass(Pass):
                         consumer.bias.copy_(refit[:, -1])
                     context.calibration.invalidate(group.consumer)
                 reconstruction[group.consumer] = report
-        context.shared["structure"] = structure_record(model, groups)
+        context.results.put(PrunedStructure(structure_record(model, groups)))
         macs_after = linear_macs(model, linears)
         return {
             "budget": {"ratios": dict(config.ratios)} if config.ratios else {"keep_macs": config.keep_macs},

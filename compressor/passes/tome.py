@@ -16,6 +16,7 @@ from pydantic import Field
 from compressor.errors import CompressorError
 from compressor.passes.base import PASSES, Pass, PassConfig
 from compressor.passes.fallback import pooled_error
+from compressor.passes.results import TokenReduction
 from compressor.reduction import REDUCTIONS
 from compressor.tokens.tome import block_count, is_vision_transformer, patch_token_merging, tome_schedule
 
@@ -47,6 +48,7 @@ def apply_tome(handle, settings: dict) -> None:
 class TomePass(Pass):
     Config = TomeConfig
     stage = "tokens"
+    produces = (TokenReduction,)
 
     def apply(self, context) -> dict:
         handle, cfg = context.handle, self.config
@@ -78,9 +80,10 @@ class TomePass(Pass):
             r = low // per_r if low % per_r == 0 else low / per_r
         schedule = tome_schedule(r, blocks, cfg.schedule)
         patch_token_merging(handle.model, schedule, cfg.protected, embeddings(r))
-        context.shared["token_reduction"] = {"method": "tome", "schedule": schedule, "protected": cfg.protected}
+        settings = {"method": "tome", "schedule": schedule, "protected": cfg.protected}
         if on_embeddings:
-            context.shared["token_reduction"]["embeddings"] = embeddings(r)
+            settings["embeddings"] = embeddings(r)
+        context.results.put(TokenReduction(settings))
         return {"r": r, "schedule": schedule, "embeddings": embeddings(r), "output_error": error(r),
                 "searched": {str(k): round(v, 6) for k, v in sorted(measured.items())}}
 
