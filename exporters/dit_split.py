@@ -58,9 +58,12 @@ def run_part(model, part: str, batch: dict[str, torch.Tensor]):
 class _PartAdapter:
     """The DiT adapter seen through one part: its inputs, outputs and forward (what export_onnx asks for)."""
 
-    def __init__(self, part: str, dummies: dict[str, torch.Tensor]):
-        self.part, self.dummies = part, dummies
+    def __init__(self, part: str, dummies: dict[str, torch.Tensor], adapter):
+        self.part, self.dummies, self.adapter = part, dummies, adapter
         self.inputs, self.output_names = PARTS[part]
+
+    def export_attention(self, model):
+        return self.adapter.export_attention(model)
 
     def input_names(self, tokenizer=None) -> tuple[str, ...]:
         return self.inputs
@@ -80,8 +83,7 @@ def export_dit_split(handle: ModelHandle, directory: str | Path, target: str = "
     """Write head.onnx, rest.onnx and final.onnx into ``directory`` (atomically); returns their paths."""
     from exporters.onnx_export import export_onnx
 
-    if handle.adapter.kind != "diffusion" or not hasattr(handle.model, "pos_embed"):
-        raise CompressorError("a split export is for class-conditional Diffusion Transformers (DiT)")
+    handle.adapter.require("class_conditional", by="a split export (head, rest, final)")
     model = handle.model
     cache = step_cache_of(model)
     if cache is not None:
@@ -94,9 +96,9 @@ def export_dit_split(handle: ModelHandle, directory: str | Path, target: str = "
             dummies["hidden"] = dummies["first_block_output"] + run_part(model, "rest", dummies)
         with atomic_directory(directory, overwrite) as scratch:
             for part in PARTS:
-                view = ModelHandle(model, None, _PartAdapter(part, dummies), handle.source, handle.info)
+                view = ModelHandle(model, None, _PartAdapter(part, dummies, handle.adapter), handle.source, handle.info)
                 export_onnx(view, scratch / f"{part}.onnx", target)
     finally:
         if cache is not None:
-            apply_step_cache(model, cache.threshold)
+            apply_step_cache(model, cache.blocks, cache.threshold)
     return {part: Path(directory) / f"{part}.onnx" for part in PARTS}

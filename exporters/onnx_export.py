@@ -78,9 +78,9 @@ def export_onnx(handle: ModelHandle, output: str | Path, target: str = "onnxrunt
         with torch.no_grad():
             layer.dequantized_weight()  # fill the cache now: unpacking inside the trace would be traced
     custom_opsets = {DOMAIN: 1} if quant else {}
-    attention = _set_attention(handle.model, "eager")  # plain MatMul/Softmax: no mask-fixing Where ops
     try:
-        with atomic_file(output, overwrite) as scratch, warnings.catch_warnings():
+        with atomic_file(output, overwrite) as scratch, warnings.catch_warnings(), \
+                handle.adapter.export_attention(handle.model):
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 _Graph(handle, input_names).eval(),
@@ -107,17 +107,7 @@ def export_onnx(handle: ModelHandle, output: str | Path, target: str = "onnxrunt
     finally:
         for layer in quant.values():
             layer.export_fn = None
-        _set_attention(handle.model, attention)
     return output
-
-
-def _set_attention(model: nn.Module, implementation: str | None) -> str | None:
-    """Switch a transformers model's attention; a no-op for diffusers models, whose SDPA attention
-    already exports as plain MatMul/Softmax."""
-    previous = getattr(model.config, "_attn_implementation", None)
-    if implementation and previous and hasattr(model, "set_attn_implementation"):
-        model.set_attn_implementation(implementation)
-    return previous
 
 
 def fold_static_squeezes(model: onnx.ModelProto) -> None:

@@ -28,7 +28,7 @@ def test_threshold_zero_equals_the_uncached_sampler_exactly(tiny_dit_dir):
 
     handle = load_model(tiny_dit_dir)
     reference = draw(handle)
-    cache = apply_step_cache(handle.model, 0.0)
+    cache = apply_step_cache(handle.model, handle.adapter.blocks(handle.model), 0.0)
     assert torch.equal(draw(handle), reference)
     assert cache.block_evaluations == STEPS * 3 and cache.trajectories == 1  # every block of every step
     assert torch.equal(draw(handle), reference)  # a second trajectory starts afresh
@@ -42,7 +42,7 @@ def test_a_large_threshold_skips_the_blocks_after_the_first(tiny_dit_dir):
 
     handle = load_model(tiny_dit_dir)
     reference = draw(handle)
-    cache = apply_step_cache(handle.model, 1e9)  # any change is "small": only the first step computes all
+    cache = apply_step_cache(handle.model, handle.adapter.blocks(handle.model), 1e9)  # any change is "small": only the first step computes all
     images = draw(handle)
     # step 1: all 3 blocks; steps 2..6: the first block only
     assert cache.block_evaluations == 3 + (STEPS - 1) * 1
@@ -74,7 +74,7 @@ def test_step_cache_needs_a_dit(tiny_bert_dir, tmp_path, calib_file):
     from compressor.pipeline import compress
     from compressor.recipe import load_recipe
 
-    with pytest.raises(CompressorError, match="needs a class-conditional diffusion model"):
+    with pytest.raises(CompressorError, match="needs a diffusion model with timesteps; encoder models have none"):
         compress(tiny_bert_dir, load_recipe("step-cache").with_calibration(calib_samples=8), calib_file, tmp_path / "x")
     with pytest.raises(CompressorError, match=r"step_cache\): field 'threshold'"):
         from compressor.recipe import Recipe

@@ -142,6 +142,12 @@ def test_schedules():
         tome_schedule(4, 3, "random")
 
 
+def _vit_adapter(model):
+    from compressor.adapters import VisionTransformerAdapter
+
+    return VisionTransformerAdapter(config=model.config)
+
+
 def _tiny_vit_model():
     from transformers import ViTConfig, ViTForImageClassification
 
@@ -155,25 +161,25 @@ def test_vit_forward_without_merging_equals_the_model():
     model = _tiny_vit_model()
     x = torch.randn(4, 1, 8, 8)
     reference = model(pixel_values=x).logits
-    torch.testing.assert_close(_vit_forward(model, [0, 0, 0], 1)(x).logits, reference, rtol=1e-5, atol=1e-6)
-    patch_token_merging(model, [5, 3, 2])
+    torch.testing.assert_close(_vit_forward(model.vit, model.classifier, [0, 0, 0], 1)(x).logits, reference, rtol=1e-5, atol=1e-6)
+    patch_token_merging(model, _vit_adapter(model), [5, 3, 2])
     assert not torch.allclose(model(pixel_values=x).logits, reference)
-    patch_token_merging(model, [0, 0, 0])  # restores the model's own forward
+    patch_token_merging(model, _vit_adapter(model), [0, 0, 0])  # restores the model's own forward
     assert torch.equal(model(pixel_values=x).logits, reference)
     with pytest.raises(CompressorError, match="one r per block"):
-        patch_token_merging(model, [1, 1])
+        patch_token_merging(model, _vit_adapter(model), [1, 1])
 
 
 def test_vit_merging_on_the_embeddings():
     model = _tiny_vit_model()
     x = torch.randn(4, 1, 8, 8)
     # 17 tokens: 6 merge on the embeddings, then 2 in the first block
-    hidden = _vit_forward(model.vit, [2, 0, 0], 1, embeddings=6)(x).last_hidden_state
+    hidden = _vit_forward(model.vit, None, [2, 0, 0], 1, embeddings=6)(x).last_hidden_state
     assert hidden.shape == (4, 17 - 6 - 2, 16)
     # more than set A holds is limited to it (8 A tokens less CLS)
-    assert _vit_forward(model.vit, [0, 0, 0], 1, embeddings=50)(x).last_hidden_state.shape[1] == 17 - 8
-    patch_token_merging(model, [0, 0, 0], embeddings=6)
-    assert not torch.allclose(model(pixel_values=x).logits, _vit_forward(model, [0, 0, 0], 1)(x).logits)
+    assert _vit_forward(model.vit, None, [0, 0, 0], 1, embeddings=50)(x).last_hidden_state.shape[1] == 17 - 8
+    patch_token_merging(model, _vit_adapter(model), [0, 0, 0], embeddings=6)
+    assert not torch.allclose(model(pixel_values=x).logits, _vit_forward(model.vit, model.classifier, [0, 0, 0], 1)(x).logits)
 
 
 def test_embeddings_merge_is_for_vision_transformers(tiny_bert_dir):
@@ -181,11 +187,12 @@ def test_embeddings_merge_is_for_vision_transformers(tiny_bert_dir):
     from compressor.passes.tome import TomePass
 
     handle = load_model(tiny_bert_dir)
+    layout = handle.adapter.capabilities.token_merging
     with pytest.raises(CompressorError, match="Vision Transformers only"):
-        patch_token_merging(handle.model, [1, 1], embeddings=2)
+        patch_token_merging(handle.model, handle.adapter, [1, 1], embeddings=2)
     with pytest.raises(CompressorError, match="merge_embeddings is for Vision Transformers"):
-        TomePass(TomePass.Config(merge_embeddings=True))._on_embeddings(handle.model)
-    assert TomePass(TomePass.Config())._on_embeddings(handle.model) is False  # the default: off for text
+        TomePass(TomePass.Config(merge_embeddings=True))._on_embeddings(layout, "BertModel")
+    assert TomePass(TomePass.Config())._on_embeddings(layout, "BertModel") is False  # the default: off for text
 
 
 def test_bert_forward_without_merging_equals_the_model(tiny_bert_dir):
@@ -194,13 +201,13 @@ def test_bert_forward_without_merging_equals_the_model(tiny_bert_dir):
     handle = load_model(tiny_bert_dir)
     batch = handle.tokenize(["a short one", "a considerably longer sentence than the first one is"], 32)
     reference = handle.adapter.forward(handle.model, batch)
-    hidden = _bert_forward(handle.model, [0, 0], 1)(**batch).last_hidden_state
+    hidden = _bert_forward(handle.model, None, [0, 0], 1)(**batch).last_hidden_state
     real = batch["attention_mask"].bool()
     torch.testing.assert_close(hidden[real], reference[real], rtol=1e-4, atol=1e-5)
     # merging keeps last_hidden_state at the input length (unmerged), so pooling works unchanged
-    patch_token_merging(handle.model, [2, 2])
+    patch_token_merging(handle.model, handle.adapter, [2, 2])
     assert handle.adapter.forward(handle.model, batch).shape == reference.shape
-    patch_token_merging(handle.model, [0, 0])
+    patch_token_merging(handle.model, handle.adapter, [0, 0])
 
 
 def _scatter_ops(model: onnx.ModelProto):
@@ -214,7 +221,7 @@ def test_vit_tome_onnx_parity(tiny_vit, tmp_path, target):
     from exporters.onnx_export import export_onnx, onnx_session
 
     handle = load_model(tiny_vit[0])
-    patch_token_merging(handle.model, [4, 4], embeddings=8)
+    patch_token_merging(handle.model, handle.adapter, [4, 4], embeddings=8)
     path = export_onnx(handle, tmp_path / "tome.onnx", target)
     graph = onnx.load(str(path))
     # merged tokens are sums (a one-hot MatMul) divided by sizes: no scatter, no "mean" reduction
@@ -232,7 +239,7 @@ def test_bert_tome_onnx_parity_at_every_length(tiny_bert_dir, tmp_path, target):
     from exporters.onnx_export import export_onnx, onnx_session
 
     handle = load_model(tiny_bert_dir)
-    patch_token_merging(handle.model, [3, 3])
+    patch_token_merging(handle.model, handle.adapter, [3, 3])
     session = onnx_session(export_onnx(handle, tmp_path / "tome.onnx", target))
     for sentences in (["hi"], ["a b", "a far longer sentence with a good many more words in it than the other"]):
         batch = handle.tokenize(sentences, 128)

@@ -8,6 +8,7 @@ recipe pins others by name.
 """
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import warnings
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from compressor.adapters.base import ADAPTERS, AttentionLayout, Capabilities, ModelAdapter, TokenLayout, TokenMerging
 from compressor.errors import CompressorError
 from compressor.files import check_safetensors
 
@@ -49,8 +51,9 @@ def _diffusers_class(name: str):
     return getattr(diffusers, name)
 
 
-class DiffusionTransformerAdapter:
-    kind = "diffusion"
+@ADAPTERS.register("diffusion")
+class DiffusionTransformerAdapter(ModelAdapter):
+    description = "diffusers DiT/PixArt transformers"
     output_names = ("sample",)
 
     def __init__(self, class_name: str, directory: Path):
@@ -62,6 +65,17 @@ class DiffusionTransformerAdapter:
     def for_directory(cls, path: Path) -> "DiffusionTransformerAdapter | None":
         class_name = diffusers_class_name(path)
         return None if class_name is None else cls(class_name, path)
+
+    @functools.cached_property
+    def capabilities(self) -> Capabilities:
+        config = self.cls.load_config(self.directory)
+        heads, head_dim = config.get("num_attention_heads", 1), config.get("attention_head_dim", 1)
+        return Capabilities(
+            tokens=TokenLayout(patches=True),
+            attention=AttentionLayout(heads, heads, head_dim),
+            prunable=True, token_merging=TokenMerging("dit"), timesteps=True, guidance=True,
+            class_conditional=self.conditioning == "class_labels",
+        )
 
     def load_tokenizer(self):
         return None  # conditioning arrives as labels or embeddings

@@ -1,12 +1,14 @@
 """BERT-family text encoders (BERT, RoBERTa, XLM-R, ELECTRA): loading, inputs, eligible layers, outputs."""
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from compressor.adapters.base import ADAPTERS, AttentionLayout, Capabilities, ModelAdapter, TokenLayout, TokenMerging
 from compressor.errors import CompressorError
 from compressor.files import check_safetensors, first_line, load_tokenizer, read_config
 
@@ -33,14 +35,39 @@ def load_pretrained(model_class, path: Path, **options) -> nn.Module:
     return model.eval()
 
 
-class EncoderAdapter:
-    kind = "encoder"
+@contextlib.contextmanager
+def eager_attention(model: nn.Module):
+    """transformers' eager attention while tracing: plain MatMul/Softmax, no mask-fixing Where ops."""
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(previous)
+
+
+@ADAPTERS.register("encoder")
+class EncoderAdapter(ModelAdapter):
+    description = "bert-family encoders"
     model_types = ("bert", "roberta", "xlm-roberta", "electra", "camembert")
     output_names = ("last_hidden_state",)
     keep_float: tuple[str, ...] = ()
 
     def __init__(self, directory: Path | None = None, config=None):
         self.directory, self.config = directory, config
+
+    @property
+    def capabilities(self) -> Capabilities:
+        config = self.config
+        heads = config.num_attention_heads
+        # ELECTRA projects embeddings narrower than the hidden size up to it before the first block
+        projects = getattr(config, "embedding_size", config.hidden_size) != config.hidden_size
+        return Capabilities(
+            tokens=TokenLayout(protected=1, padded=True),
+            attention=AttentionLayout(heads, heads, config.hidden_size // heads),
+            prunable=True, pooling=True,
+            token_merging=TokenMerging("bert", projection="embeddings_project" if projects else None),
+        )
 
     @classmethod
     def for_directory(cls, path: Path) -> "EncoderAdapter | None":
@@ -134,6 +161,9 @@ class EncoderAdapter:
     def save_metadata(self, handle, directory) -> None:
         handle.model.config.save_pretrained(directory)
         handle.tokenizer.save_pretrained(directory)
+
+    def export_attention(self, model: nn.Module):
+        return eager_attention(model)
 
     def calibration(self, handle, calib_data, recipe) -> tuple[list[dict], list[dict], dict]:
         """Tokenized calibration batches, the batches the output error is measured on, and a record."""

@@ -9,12 +9,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from compressor.adapters.base import ADAPTERS, AttentionLayout, Capabilities, ModelAdapter, TokenLayout, TokenMerging
+from compressor.adapters.encoder import eager_attention
 from compressor.errors import CompressorError
 from compressor.files import read_config
 
 
-class VisionTransformerAdapter:
-    kind = "image-classification"
+@ADAPTERS.register("image-classification")
+class VisionTransformerAdapter(ModelAdapter):
+    description = "ViT image classifiers"
     model_types = ("vit",)
     output_names = ("logits",)
     keep_float: tuple[str, ...] = ()
@@ -27,10 +30,25 @@ class VisionTransformerAdapter:
         config = read_config(path)
         return cls(path, config) if getattr(config, "model_type", None) in cls.model_types else None
 
+    def _is_bare_encoder(self) -> bool:
+        return "ViTModel" in (getattr(self.config, "architectures", None) or [])
+
     def _model_class(self):
         from transformers import ViTForImageClassification, ViTModel
 
-        return ViTModel if "ViTModel" in (getattr(self.config, "architectures", None) or []) else ViTForImageClassification
+        return ViTModel if self._is_bare_encoder() else ViTForImageClassification
+
+    @property
+    def capabilities(self) -> Capabilities:
+        heads = self.config.num_attention_heads
+        bare = self._is_bare_encoder()
+        return Capabilities(
+            tokens=TokenLayout(protected=1, patches=True),
+            attention=AttentionLayout(heads, heads, self.config.hidden_size // heads),
+            prunable=True,
+            token_merging=TokenMerging("vit", encoder="" if bare else "vit", head=None if bare else "classifier",
+                                       patch_embeddings=True),
+        )
 
     def load(self) -> nn.Module:
         from compressor.adapters.encoder import load_pretrained
@@ -54,6 +72,9 @@ class VisionTransformerAdapter:
     def save_metadata(self, handle, directory) -> None:
         handle.model.config.save_pretrained(directory)
         handle.tokenizer.save_pretrained(directory)
+
+    def export_attention(self, model: nn.Module):
+        return eager_attention(model)
 
     # --- structure ---------------------------------------------------------------------------------
     def _encoder_prefix(self, model: nn.Module) -> str:

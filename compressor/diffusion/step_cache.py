@@ -22,8 +22,8 @@ _CONTEXT = "denoise"
 class StepCache:
     """The cache and the counters attached to one model (``model._step_cache``)."""
 
-    def __init__(self, model: nn.Module, threshold: float):
-        self.model, self.threshold = model, threshold
+    def __init__(self, model: nn.Module, threshold: float, blocks: list[str]):
+        self.model, self.threshold, self.blocks = model, threshold, list(blocks)
         self.block_evaluations = 0
         self.trajectories = 0
         self._last_timestep: float | None = None
@@ -54,25 +54,24 @@ def _counting(block: nn.Module, cache: StepCache):
     return forward
 
 
-def apply_step_cache(model: nn.Module, threshold: float) -> StepCache:
-    """Attach First Block Cache with ``threshold`` to a diffusers DiT (replacing any cache it has)."""
+def apply_step_cache(model: nn.Module, blocks: list[str], threshold: float) -> StepCache:
+    """Attach First Block Cache with ``threshold`` to a diffusers DiT whose transformer blocks are ``blocks``
+    (module names; replacing any cache it has)."""
     from diffusers.hooks import FirstBlockCacheConfig, apply_first_block_cache
-    from diffusers.hooks.hooks import CacheContext, _set_cache_context
+    from diffusers.models.cache_utils import CacheMixin
 
     remove_step_cache(model)
-    cache = StepCache(model, threshold)
-    for block in model.transformer_blocks:
+    cache = StepCache(model, threshold, blocks)
+    for block in (model.get_submodule(name) for name in blocks):
         block.forward = _counting(block, cache)  # under the hooks: counts only what really runs
     apply_first_block_cache(model, FirstBlockCacheConfig(threshold=threshold))
     original = model.forward
 
     def forward(hidden_states, timestep=None, *args, **kwargs):
         cache.before_call(timestep)
-        _set_cache_context(model, CacheContext(_CONTEXT))
-        try:
+        # diffusers' public cache context, called on a model that does not mix it in itself
+        with CacheMixin.cache_context(model, _CONTEXT):
             return original(hidden_states, timestep, *args, **kwargs)
-        finally:
-            _set_cache_context(model, None)
 
     model.forward = forward
     model._step_cache = cache
@@ -81,9 +80,10 @@ def apply_step_cache(model: nn.Module, threshold: float) -> StepCache:
 
 def remove_step_cache(model: nn.Module) -> None:
     """Back to the plain model: hooks, counters and wrappers removed."""
-    if getattr(model, "_step_cache", None) is None:
+    cache = getattr(model, "_step_cache", None)
+    if cache is None:
         return
-    for block in model.transformer_blocks:
+    for block in (model.get_submodule(name) for name in cache.blocks):
         registry = getattr(block, "_diffusers_hook", None)
         if registry is not None:
             for name in list(registry.hooks):

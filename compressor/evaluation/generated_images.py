@@ -126,7 +126,7 @@ class GeneratedImages(TaskEvaluator):
         metrics = {"sampling_seconds": time.perf_counter() - started,
                    # transformer blocks run per image: steps × blocks without a cache (a guided pair shares them)
                    "block_evaluations": (cache.block_evaluations / cache.trajectories if cache is not None else
-                                         self.setup.steps * len(model.handle.model.transformer_blocks))}
+                                         self.setup.steps * len(model.handle.adapter.blocks(model.handle.model)))}
         if not model.is_original:
             metrics["psnr_db"] = psnr(self.images["original"], images)
             metrics["ssim"] = ssim(self.images["original"], images)

@@ -33,20 +33,20 @@ class StepCacheConfig(PassConfig):
 
 @REDUCTIONS.register("step_cache")
 def apply_cache(handle, settings: dict) -> None:
-    apply_step_cache(handle.model, float(settings["threshold"]))
+    apply_step_cache(handle.model, handle.adapter.blocks(handle.model), float(settings["threshold"]))
 
 
 def calibration_samples(handle, settings, threshold: float | None) -> tuple[torch.Tensor, float]:
     """(samples of the calibration images, block evaluations per image) with the cache at ``threshold``."""
     adapter, model = handle.adapter, handle.model
     labels = torch.arange(settings.calib_images) % adapter.num_classes(model)
-    cache = apply_step_cache(model, threshold) if threshold is not None else None
+    cache = apply_step_cache(model, adapter.blocks(model), threshold) if threshold is not None else None
     try:
         images = sample(adapter.denoiser(model), adapter.scheduler(), labels, shape=adapter.latent_shape(model),
                         steps=settings.sampling_steps, guidance=settings.guidance_scale, seed=settings.seed,
                         null_conditioning=adapter.null_conditioning(model, labels))
         evaluations = cache.block_evaluations / cache.trajectories if cache else settings.sampling_steps * len(
-            model.transformer_blocks)
+            adapter.blocks(model))
     finally:
         if cache is not None:
             remove_step_cache(model)
@@ -61,9 +61,8 @@ class StepCachePass(Pass):
 
     def apply(self, context) -> dict:
         handle, cfg, settings = context.handle, self.config, context.settings
-        if handle.adapter.kind != "diffusion" or handle.adapter.num_classes(handle.model) is None:
-            raise CompressorError("step caching (step_cache) needs a class-conditional diffusion model (a DiT), "
-                                  f"not a{'n' if handle.adapter.kind[0] in 'aeiou' else ''} {handle.adapter.kind} model")
+        handle.adapter.require("timesteps", by="step caching (step_cache)")
+        handle.adapter.require("class_conditional", by="step caching (step_cache)")
         from compressor.diffusion.quality import psnr  # it imports exporters, which import the passes
 
         measured: dict[float, dict] = {}
@@ -85,7 +84,7 @@ class StepCachePass(Pass):
                 middle = (low + high + 1) // 2
                 low, high = (middle, high) if quality(candidates[middle])["psnr"] >= cfg.min_psnr else (low, middle - 1)
             threshold = candidates[low] if low >= 0 else 0.0
-        apply_step_cache(handle.model, threshold)
+        apply_step_cache(handle.model, handle.adapter.blocks(handle.model), threshold)
         context.results.put(TokenReduction({"method": "step_cache", "threshold": threshold}))
         return {"threshold": threshold, "min_psnr": cfg.min_psnr,
                 "searched": {str(t): {k: round(v, 4) for k, v in m.items()} for t, m in sorted(measured.items())}}

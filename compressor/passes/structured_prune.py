@@ -22,7 +22,6 @@ from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
 from calibrators.collect import real_tokens
-from compressor.errors import CompressorError
 from compressor.passes.base import PASSES, Pass, PassConfig
 from compressor.passes.fallback import pooled_error
 from compressor.passes.precision_search import Option, choose_schemes
@@ -99,7 +98,7 @@ def ranked_masks(group, order: torch.Tensor, kept: int) -> torch.Tensor:
 
 def level_units(group, total: int, current: int, config) -> list[int]:
     """Kept-unit counts tried for a group: the fixed fractions of its size, at most what it keeps now."""
-    floor = config.min_heads if group.kind == "heads" else config.min_channels
+    floor = {"heads": config.min_heads, "channels": config.min_channels}[group.kind]
     return sorted({max(floor, min(current, round(level * total))) for level in LEVELS} | {current}, reverse=True)
 
 
@@ -132,8 +131,11 @@ def choose_levels(handle, groups, orders, means, context, config, error=None) ->
         fraction = step / config.rounds
         if config.ratios:
             chosen = {}
+            by_kind: dict[str, list[str]] = {}
+            for g in groups:
+                by_kind.setdefault(g.kind, []).append(g.name)
             for kind, ratio in config.ratios.items():
-                names = [g.name for g in groups if g.kind == kind]
+                names = by_kind.get(kind, [])
                 chosen.update(choose_schemes({n: options[n] for n in names}, {n: full[n] for n in names},
                                              1 - ratio * fraction))
         else:
@@ -182,8 +184,7 @@ class StructuredPrunePass(Pass):
     def apply(self, context) -> dict:
         handle, config = context.handle, self.config
         model, adapter = handle.model, handle.adapter
-        if not hasattr(adapter, "prunable_groups"):
-            raise CompressorError(f"structured pruning has no unit map for {adapter.kind} models yet")
+        adapter.require("prunable", by="structured pruning (prune_structured)")
         groups = adapter.prunable_groups(model)
         batches = context.calibration.batches
         linears = [n for g in groups for n in g.linears()]

@@ -18,7 +18,7 @@ from compressor.passes.base import PASSES, Pass, PassConfig
 from compressor.passes.fallback import pooled_error
 from compressor.passes.results import TokenReduction
 from compressor.reduction import REDUCTIONS
-from compressor.tokens.tome import block_count, is_vision_transformer, patch_token_merging, tome_schedule
+from compressor.tokens.tome import patch_token_merging, tome_schedule
 
 
 class TomeConfig(PassConfig):
@@ -40,7 +40,7 @@ class TomeConfig(PassConfig):
 
 @REDUCTIONS.register("tome")
 def apply_tome(handle, settings: dict) -> None:
-    patch_token_merging(handle.model, list(settings["schedule"]), int(settings.get("protected", 1)),
+    patch_token_merging(handle.model, handle.adapter, list(settings["schedule"]), int(settings.get("protected", 1)),
                         int(settings.get("embeddings", 0)))
 
 
@@ -52,16 +52,17 @@ class TomePass(Pass):
 
     def apply(self, context) -> dict:
         handle, cfg = context.handle, self.config
-        blocks = block_count(handle.model)
+        layout = handle.adapter.require("token_merging", by="token merging (tome)")
+        blocks = len(handle.adapter.blocks(handle.model))
         measured: dict[int, float] = {}
-        on_embeddings = self._on_embeddings(handle.model)
+        on_embeddings = self._on_embeddings(layout, type(handle.model).__name__)
 
         def embeddings(r: float) -> int:
             return 2 * tome_schedule(r, blocks, cfg.schedule)[0] if on_embeddings else 0
 
         def error(r: float) -> float:
             if r not in measured:
-                patch_token_merging(handle.model, tome_schedule(r, blocks, cfg.schedule), cfg.protected,
+                patch_token_merging(handle.model, handle.adapter, tome_schedule(r, blocks, cfg.schedule), cfg.protected,
                                     embeddings(r))
                 with torch.no_grad():
                     measured[r] = pooled_error(handle, context.sensitivity_batches, context.references)
@@ -79,7 +80,7 @@ class TomePass(Pass):
                 low, high = (middle, high) if error(middle / per_r) <= cfg.max_error else (low, middle - 1)
             r = low // per_r if low % per_r == 0 else low / per_r
         schedule = tome_schedule(r, blocks, cfg.schedule)
-        patch_token_merging(handle.model, schedule, cfg.protected, embeddings(r))
+        patch_token_merging(handle.model, handle.adapter, schedule, cfg.protected, embeddings(r))
         settings = {"method": "tome", "schedule": schedule, "protected": cfg.protected}
         if on_embeddings:
             settings["embeddings"] = embeddings(r)
@@ -87,11 +88,11 @@ class TomePass(Pass):
         return {"r": r, "schedule": schedule, "embeddings": embeddings(r), "output_error": error(r),
                 "searched": {str(k): round(v, 6) for k, v in sorted(measured.items())}}
 
-    def _on_embeddings(self, model) -> bool:
-        if not self.config.merge_embeddings or is_vision_transformer(model):
+    def _on_embeddings(self, layout, model_name: str) -> bool:
+        if not self.config.merge_embeddings or layout.patch_embeddings:
             return self.config.merge_embeddings
         if "merge_embeddings" in self.config.model_fields_set:  # asked for, not the default
-            raise CompressorError(f"tome: merge_embeddings is for Vision Transformers; {type(model).__name__} "
+            raise CompressorError(f"tome: merge_embeddings is for Vision Transformers; {model_name} "
                                   "merges inside its blocks only")
         return False
 

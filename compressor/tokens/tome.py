@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from compressor.errors import CompressorError
+from compressor.registry import Registry
 from compressor.tokens.merge import (
     bipartite_soft_matching,
     limit_merges,
@@ -33,6 +34,9 @@ from compressor.tokens.merge import (
 )
 
 MASKED = -1e9  # attention bias of padding keys
+
+# TokenMerging.patch (what an adapter declares) → patch(model, layout, schedule, protected, embeddings)
+TOKEN_MERGING_PATCHES = Registry("token-merging patch")
 
 
 def _attend(q_proj, k_proj, v_proj, head_dim: int, x: torch.Tensor, bias: torch.Tensor | float,
@@ -71,8 +75,10 @@ def _vit_block(layer: nn.Module, x, size, r: int, protected: int, merged_before:
     return x + layer.mlp(layer.layernorm_after(x)), size
 
 
-def _vit_forward(model: nn.Module, schedule: list[int], protected: int, embeddings: int = 0):
-    vit = model.vit if hasattr(model, "vit") else model
+def _vit_forward(vit: nn.Module, classifier: nn.Module | None, schedule: list[int], protected: int,
+                 embeddings: int = 0):
+    """The forward of ``vit`` (embeddings, blocks, final norm) with merging, then ``classifier`` on CLS
+    (None: the encoder's output is the model's)."""
     # The token count is fixed by the image size: r is a plain number in every block (static ONNX shapes).
     tokens = vit.embeddings.position_embeddings.shape[1]
     embeddings = limit_merges(embeddings, tokens, protected)
@@ -90,9 +96,9 @@ def _vit_forward(model: nn.Module, schedule: list[int], protected: int, embeddin
         for index, (layer, r) in enumerate(zip(vit.layers, schedule)):
             x, size = _vit_block(layer, x, size, r, protected, bool(embeddings) or any(schedule[:index]))
         hidden = vit.layernorm(x)
-        if vit is model:
+        if classifier is None:
             return SimpleNamespace(last_hidden_state=hidden, pooler_output=None)
-        return SimpleNamespace(logits=model.classifier(hidden[:, 0, :]))
+        return SimpleNamespace(logits=classifier(hidden[:, 0, :]))
 
     return forward
 
@@ -117,12 +123,14 @@ def _bert_block(layer: nn.Module, x, size, mask, source, r: int, protected: int)
     return output.LayerNorm(output.dense(layer.intermediate(h)) + h), size, mask, source
 
 
-def _bert_forward(model: nn.Module, schedule: list[int], protected: int):
+def _bert_forward(model: nn.Module, projection: nn.Module | None, schedule: list[int], protected: int):
+    """The forward of a BERT-family encoder with merging; ``projection`` maps the embeddings to the hidden
+    size first (ELECTRA)."""
     def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, **_ignored):
         x = model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
-        if hasattr(model, "embeddings_project"):  # ELECTRA projects its embeddings to the hidden size
-            x = model.embeddings_project(x)
+        if projection is not None:
+            x = projection(x)
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         size = torch.ones_like(x[..., :1])
         source = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
@@ -136,48 +144,47 @@ def _bert_forward(model: nn.Module, schedule: list[int], protected: int):
 # --- applying a schedule -------------------------------------------------------------------------
 
 
-def block_count(model: nn.Module) -> int:
-    """Transformer blocks a ToMe schedule covers."""
-    if hasattr(model, "transformer_blocks"):  # a Diffusion Transformer
-        return len(model.transformer_blocks)
-    if hasattr(model, "encoder") and hasattr(model.encoder, "layer"):
-        return len(model.encoder.layer)
-    vit = model.vit if hasattr(model, "vit") else model
-    if hasattr(vit, "layers") and hasattr(vit, "embeddings"):
-        return len(vit.layers)
-    raise CompressorError(f"token merging has no patch for {type(model).__name__} "
-                          "(supported: ViT image classifiers, BERT-family text encoders and Diffusion Transformers)")
-
-
-def is_vision_transformer(model: nn.Module) -> bool:
-    """A model whose patch embeddings can merge before the first block (``embeddings``)."""
-    return not (hasattr(model, "transformer_blocks") or hasattr(model, "encoder")) and \
-        hasattr(model.vit if hasattr(model, "vit") else model, "layers")
-
-
-def patch_token_merging(model: nn.Module, schedule: list[int], protected: int = 1, embeddings: int = 0) -> None:
-    """Make ``model`` merge ``schedule[i]`` tokens in block i (0 = none), and ``embeddings`` tokens on the
-    patch embeddings before the first block (ViTs only); an empty schedule restores it."""
-    blocks = block_count(model)
-    if len(schedule) != blocks:
-        raise CompressorError(f"a ToMe schedule needs one r per block ({blocks}), got {len(schedule)}")
-    is_text = hasattr(model, "encoder") and hasattr(model.encoder, "layer")
-    if embeddings and not is_vision_transformer(model):
-        raise CompressorError("merging on the embeddings is for Vision Transformers only "
-                              f"({type(model).__name__} merges inside its blocks)")
-    if hasattr(model, "transformer_blocks"):
-        from compressor.tokens.dit_merge import patch_dit_token_merging
-
-        patch_dit_token_merging(model, schedule)
-        return
+def _restore_forward(model: nn.Module) -> None:
     if "forward" in model.__dict__:
         del model.forward  # back to the class's forward
-    if not any(schedule) and not embeddings:
-        return
-    if is_text:
-        model.forward = _bert_forward(model, list(schedule), protected)
-    else:
-        model.forward = _vit_forward(model, list(schedule), protected, embeddings)
+
+
+@TOKEN_MERGING_PATCHES.register("vit")
+def _patch_vit(model: nn.Module, layout, schedule: list[int], protected: int, embeddings: int) -> None:
+    _restore_forward(model)
+    if any(schedule) or embeddings:
+        encoder = model.get_submodule(layout.encoder)
+        classifier = model.get_submodule(layout.head) if layout.head else None
+        model.forward = _vit_forward(encoder, classifier, list(schedule), protected, embeddings)
+
+
+@TOKEN_MERGING_PATCHES.register("bert")
+def _patch_bert(model: nn.Module, layout, schedule: list[int], protected: int, embeddings: int) -> None:
+    _restore_forward(model)
+    if any(schedule):
+        projection = model.get_submodule(layout.projection) if layout.projection else None
+        model.forward = _bert_forward(model, projection, list(schedule), protected)
+
+
+@TOKEN_MERGING_PATCHES.register("dit")
+def _patch_dit(model: nn.Module, layout, schedule: list[int], protected: int, embeddings: int) -> None:
+    from compressor.tokens.dit_merge import patch_dit_token_merging
+
+    patch_dit_token_merging(model, schedule)
+
+
+def patch_token_merging(model: nn.Module, adapter, schedule: list[int], protected: int = 1, embeddings: int = 0) -> None:
+    """Make ``model`` merge ``schedule[i]`` tokens in block i (0 = none), and ``embeddings`` tokens on the
+    patch embeddings before the first block (where the adapter says its patch embeddings may merge); an
+    empty schedule restores it. ``adapter`` declares which patch fits the model and where its modules are."""
+    layout = adapter.require("token_merging", by="token merging (tome)")
+    blocks = len(adapter.blocks(model))
+    if len(schedule) != blocks:
+        raise CompressorError(f"a ToMe schedule needs one r per block ({blocks}), got {len(schedule)}")
+    if embeddings and not layout.patch_embeddings:
+        raise CompressorError("merging on the embeddings is for Vision Transformers only "
+                              f"({type(model).__name__} merges inside its blocks)")
+    TOKEN_MERGING_PATCHES.lookup(layout.patch)(model, layout, schedule, protected, embeddings)
 
 
 def tome_schedule(r: float, blocks: int, kind: str = "constant") -> list[int]:
