@@ -14,22 +14,17 @@ step and size. Writes benchmarks/results/dit_mnist.json and benchmarks/results/d
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from compressor.cli import plan_table  # noqa: E402
-from compressor.compare import markdown_table  # noqa: E402
-from compressor.evaluation.generated_images import SamplingSetup, compare_diffusion, images_from  # noqa: E402
-from compressor.pipeline import compress  # noqa: E402
-from compressor.recipe import FLAT_PRESETS, flat_recipe, load_recipe  # noqa: E402
+from compressor.cli import plan_table
+from compressor.compare import markdown_table
+from compressor.evaluation.generated_images import SamplingSetup, compare_diffusion, images_from
+from compressor.pipeline import compress
+from compressor.recipe import FLAT_PRESETS, flat_recipe, load_recipe
+from harness import RESULTS, ROOT, add_dit_arguments, format_counts, timed, write_results
 
 PRESETS = ["int8", "fp8", "w4a8", "fp4-int8", "nvfp4-int8"]
 # settings that are not presets: name -> (base preset, overrides)
@@ -45,7 +40,7 @@ def relabel_paths(report: dict, report_dir: Path, model: str) -> None:
         row["path"] = row["model"] if row["model"] != "original" else model
     if report["judge"]:
         report["judge"] = _relative(report["judge"])
-    (report_dir / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    write_results(report_dir / "report.json", report)
     (report_dir / "report.md").write_text(markdown_table(report), encoding="utf-8")
 
 
@@ -58,16 +53,14 @@ def _relative(path: str) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=str(ROOT / "examples/mnist_dit/model"))
-    p.add_argument("--judge", default=str(ROOT / "examples/mnist_dit/judge.pt"))
-    p.add_argument("--mnist", default=str(ROOT.parent / "shared/data/mnist"))
+    add_dit_arguments(p, mnist=True)
     p.add_argument("--samples", type=int, default=1000)
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=1.5)
     p.add_argument("--presets", nargs="+", default=PRESETS)
     p.add_argument("--seed", type=int, default=1000, help="sampling seed of the evaluation images")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--output", default=str(ROOT / "benchmarks/results"))
+    p.add_argument("--output", default=str(RESULTS))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.output)
@@ -77,15 +70,13 @@ def main() -> None:
         for preset in args.presets:
             base, overrides = VARIANTS.get(preset, (preset, {}))
             recipe = flat_recipe({**FLAT_PRESETS[base], "name": base, **overrides}) if overrides else load_recipe(base)
-            started = time.perf_counter()
-            handle = compress(args.model, recipe, None, Path(scratch) / preset)
+            handle, seconds = timed(lambda: compress(args.model, recipe, None, Path(scratch) / preset))
             print(plan_table(handle.info), flush=True)
             results["presets"][preset] = {
-                "seconds": round(time.perf_counter() - started, 1),
+                "seconds": round(seconds, 1),
                 "bits_per_weight": handle.info["bits_per_weight"],
                 "bits_per_weight_all_layers": handle.info["bits_per_weight_all_layers"],
-                "formats": {f: sum(1 for r in handle.info["layers"] if r["format"] == f)
-                            for f in {r["format"] for r in handle.info["layers"]}},
+                "formats": format_counts(handle.info["layers"]),
                 "search": handle.info.get("search"),
                 "calibration": handle.info["calibration"]["description"],
             }
@@ -114,7 +105,7 @@ def main() -> None:
                 rows[hybrid]["bits_per_weight"] <= 5.0 + 1e-9
                 and rows[hybrid]["frechet_distance"] < rows["w4a8"]["frechet_distance"])
     results["checks"] = checks
-    (out / "dit_mnist.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    write_results(out / "dit_mnist.json", results)
     print(markdown_table(report))
     for name, ok in checks.items():
         print(f"{'PASS' if ok else 'FAIL'}  {name}")

@@ -11,25 +11,18 @@ time covers the sampling loop only. Judge: examples/mnist_dit/judge.pt.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.dit_presets_psnr import draw  # noqa: E402
-from benchmarks.pruning_dit import judge_accuracy  # noqa: E402
-from compressor.diffusion.quality import psnr, ssim  # noqa: E402
-from compressor.diffusion.step_cache import step_cache_of  # noqa: E402
-from compressor.model import load_model  # noqa: E402
-from compressor.pipeline import compress  # noqa: E402
-from compressor.recipe import load_recipe  # noqa: E402
-from exporters.checkpoint import load_compressed  # noqa: E402
+from compressor.diffusion.quality import psnr, ssim
+from compressor.diffusion.step_cache import step_cache_of
+from compressor.model import load_model
+from compressor.pipeline import compress
+from compressor.recipe import load_recipe
+from exporters.checkpoint import load_compressed
+from harness import RESULTS, add_dit_arguments, draw, judge_accuracy, timed, write_results
 
 
 def timed_draw(handle, samples: int) -> tuple[torch.Tensor, float, float]:
@@ -37,9 +30,7 @@ def timed_draw(handle, samples: int) -> tuple[torch.Tensor, float, float]:
     cache = step_cache_of(handle.model)
     if cache is not None:
         cache.reset_counts()
-    started = time.perf_counter()
-    images = draw(handle, samples, seed=1000)
-    seconds = time.perf_counter() - started
+    images, seconds = timed(lambda: draw(handle, samples, seed=1000))
     blocks = len(handle.model.transformer_blocks)
     evaluations = cache.block_evaluations / cache.trajectories if cache is not None else 25 * blocks
     return images, seconds, evaluations
@@ -47,11 +38,10 @@ def timed_draw(handle, samples: int) -> tuple[torch.Tensor, float, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=str(ROOT / "examples/mnist_dit/model"))
-    p.add_argument("--judge", default=str(ROOT / "examples/mnist_dit/judge.pt"))
+    add_dit_arguments(p)
     p.add_argument("--presets", nargs="*", default=["step-cache", "step-cache-int8"])
     p.add_argument("--samples", type=int, default=1000)
-    p.add_argument("--output", default=str(ROOT / "benchmarks/results/dit_step_cache.json"))
+    p.add_argument("--output", default=str(RESULTS / "dit_step_cache.json"))
     args = p.parse_args()
     torch.set_num_threads(2)
     judge = torch.jit.load(args.judge).eval()
@@ -81,7 +71,7 @@ def main() -> None:
     result = {"model": "examples/mnist_dit/model", "samples": args.samples,
               "sampling": "classes in turn, seed 1000, DDIM 25 steps, guidance 1.5, batches of 100, 2 threads",
               "models": list(rows.values())}
-    Path(args.output).write_text(json.dumps(result, indent=2), encoding="utf-8")
+    write_results(args.output, result)
     print(f"{'model':16s} {'blocks/img':>10s} {'×':>5s} {'seconds':>8s} {'speed':>6s} {'judge %':>8s} {'Δ':>6s} {'PSNR':>6s}")
     for row in rows.values():
         print(f"{row['model']:16s} {row['block_evaluations']:10.1f} {row['block_evaluations_ratio']:5.2f} "

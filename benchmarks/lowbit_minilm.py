@@ -16,25 +16,20 @@ Writes benchmarks/results/lowbit_minilm.json and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.heldout import split_sts, write_sts_tsv  # noqa: E402
-from calibrators.data import sample_sentences  # noqa: E402
-from compressor.compare import compare  # noqa: E402
-from compressor.evaluation.metrics import sts_spearman  # noqa: E402
-from compressor.model import default_model_dir, load_model  # noqa: E402
-from compressor.pipeline import compress_model  # noqa: E402
-from compressor.quant_linear import QuantLinear  # noqa: E402
-from compressor.recipe import FLAT_PRESETS, flat_recipe, load_recipe  # noqa: E402
-from exporters.checkpoint import checkpoint_bytes, save_compressed  # noqa: E402
+from compressor.compare import compare
+from compressor.model import default_model_dir, load_model
+from compressor.pipeline import compress_model
+from compressor.quant_linear import QuantLinear
+from compressor.recipe import FLAT_PRESETS, flat_recipe, load_recipe
+from exporters.checkpoint import checkpoint_bytes, save_compressed
+from harness import (
+    RESULTS, add_sts_arguments, embedding_spearman, format_counts, held_out_calibration, write_results, write_sts_tsv
+)
 
 # (label, preset, overrides)
 SETTINGS = [
@@ -58,10 +53,6 @@ SETTINGS = [
 COMPARED = ["int8", "fp8", "w4a16-nvfp4", "int4-awq", "nvfp4", "mxfp4", "fp4-int8", "w4a16-nvfp4-emb8"]
 
 
-def torch_spearman(handle, pairs) -> float:
-    return sts_spearman(handle.embed(pairs.first).numpy(), handle.embed(pairs.second).numpy(), pairs.scores)
-
-
 def nvfp4_linear_bytes(model) -> tuple[int, int]:
     layers = [m for m in model.modules() if isinstance(m, QuantLinear) and m.format.name == "nvfp4"]
     return sum(m.storage_bytes() for m in layers), sum(4 * m.in_features * m.out_features for m in layers)
@@ -69,20 +60,18 @@ def nvfp4_linear_bytes(model) -> tuple[int, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--stsb", default=str(ROOT.parent / "shared" / "data" / "stsb" / "sts-dev.csv"))
-    parser.add_argument("--calib-samples", type=int, default=256)
+    add_sts_arguments(parser)
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "lowbit_minilm.json"))
-    parser.add_argument("--report", default=str(ROOT / "benchmarks" / "results" / "lowbit_compare"))
+    parser.add_argument("--output", default=str(RESULTS / "lowbit_minilm.json"))
+    parser.add_argument("--report", default=str(RESULTS / "lowbit_compare"))
     parser.add_argument("--skip-compare", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    # calibrate on one half of dev, score on the other (benchmarks/heldout.py)
-    calib_pool, pairs = split_sts(args.stsb)
-    calib = sample_sentences(calib_pool, args.calib_samples)
+    # calibrate on one half of dev, score on the other (benchmarks/harness.py)
+    calib, pairs = held_out_calibration(args.calib_samples, args.stsb)
     results: dict = {"model": "all-MiniLM-L6-v2", "eval": f"STS-B dev, {len(pairs.scores)} held-out pairs (calibration on the other half)", "calib_samples": len(calib)}
     fp32 = load_model(default_model_dir())
-    results["fp32_spearman"] = base = torch_spearman(fp32, pairs)
+    results["fp32_spearman"] = base = embedding_spearman(fp32, pairs)
     print(f"FP32: {base:.3f}", flush=True)
 
     rows = []
@@ -96,10 +85,10 @@ def main() -> None:
             row = {
                 "setting": label,
                 "recipe": recipe.to_dict(),
-                "spearman": torch_spearman(handle, pairs),
+                "spearman": embedding_spearman(handle, pairs),
                 "bits_per_weight": record["bits_per_weight"],
                 "output_error": record["output_error"]["output_error_final"],
-                "formats": {f: sum(r["format"] == f for r in record["layers"]) for f in {r["format"] for r in record["layers"]}},
+                "formats": format_counts(record["layers"]),
                 "compress_seconds": record["seconds"],
             }
             row["delta"] = row["spearman"] - base
@@ -140,8 +129,7 @@ def main() -> None:
                 for row in report["models"]
             ]
 
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(results, indent=2), encoding="utf-8")
+    write_results(args.output, results)
     print(f"\nFP32 {base:.3f}\n| setting | bits/weight | Spearman | Δ FP32 | checkpoint × FP32 |\n|---|---|---|---|---|")
     for row in rows:
         ratio = f"{row['checkpoint_ratio']:.3f}" if "checkpoint_ratio" in row else "-"

@@ -5,35 +5,26 @@ lengths (each batch padded only to its longest sentence, as a deployment batches
     python benchmarks/minilm_tome.py [--r 1 2 4 6 8] [--output benchmarks/results/minilm_tome.json]
 
 For each r (tokens merged in each of the 6 blocks) the model is exported for the `onnxruntime` target;
-Spearman is scored on the 750 held-out pairs (benchmarks/heldout.py) with that ONNX model, and latency
+Spearman is scored on the 750 held-out pairs (benchmarks/harness.py) with that ONNX model, and latency
 is the time to embed all 1,500 held-out sentences in batches of 32 in file order, 2 threads, the median
 of interleaved repeats. The `tome` preset calibrates on sentences from the other 750 pairs.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from heldout import split_sts  # noqa: E402
-
-from compressor.evaluation.metrics import sts_spearman  # noqa: E402
-from compressor.evaluation.onnx_runner import onnx_embed  # noqa: E402
-from compressor.model import default_model_dir, load_model  # noqa: E402
-from compressor.pipeline import compress_model  # noqa: E402
-from compressor.recipe import load_recipe  # noqa: E402
-from compressor.tokens.tome import patch_token_merging, tome_schedule  # noqa: E402
-from exporters.onnx_export import export_onnx, onnx_session  # noqa: E402
+from compressor.evaluation.onnx_runner import onnx_embed
+from compressor.model import default_model_dir, load_model
+from compressor.pipeline import compress_model
+from compressor.recipe import load_recipe
+from compressor.tokens.tome import patch_token_merging, tome_schedule
+from exporters.onnx_export import export_onnx, onnx_session
+from harness import RESULTS, cosine_spearman, medians, split_sts, time_calls, write_results
 
 
 def embed_all(session, handle, sentences, batch):
@@ -46,7 +37,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "minilm_tome.json"))
+    parser.add_argument("--output", default=str(RESULTS / "minilm_tome.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -61,34 +52,28 @@ def main() -> None:
     rows, sessions = {}, {}
     with tempfile.TemporaryDirectory() as scratch:
         for name, schedule in schedules.items():
-            patch_token_merging(handle.model, schedule)
+            patch_token_merging(handle.model, handle.adapter, schedule)
             session = onnx_session(export_onnx(handle, Path(scratch) / f"{name}.onnx", "onnxruntime"), args.threads)
             embeddings = embed_all(session, handle, sentences, args.batch)
             half = len(pairs.first)
             rows[name] = {"model": name, "schedule": schedule,
-                          "spearman": sts_spearman(embeddings[:half], embeddings[half:], pairs.scores)}
+                          "spearman": cosine_spearman(embeddings[:half], embeddings[half:], pairs.scores)}
             sessions[name] = session
             print(rows[name], flush=True)
-        times = {name: [] for name in sessions}
-        for name, session in sessions.items():  # warm-up
+        for session in sessions.values():  # warm-up
             embed_all(session, handle, sentences[: 4 * args.batch], args.batch)
-        for _ in range(args.repeats):
-            for name, session in sessions.items():
-                start = time.perf_counter()
-                embed_all(session, handle, sentences, args.batch)
-                times[name].append(time.perf_counter() - start)
-    base = float(np.median(times["fp32"]))
+        seconds = medians(time_calls({name: lambda s=session: embed_all(s, handle, sentences, args.batch)
+                                      for name, session in sessions.items()}, args.repeats))
     for name, row in rows.items():
-        row["seconds"] = float(np.median(times[name]))
-        row["latency_ratio"] = row["seconds"] / base
+        row["seconds"] = seconds[name]
+        row["latency_ratio"] = row["seconds"] / seconds["fp32"]
         row["spearman_change"] = row["spearman"] - rows["fp32"]["spearman"]
     tokens = [len(handle.tokenize([s], 128)["input_ids"][0]) for s in sentences]
-    result = {"eval": "750 held-out STS-B dev pairs (benchmarks/heldout.py)", "batch": args.batch,
+    result = {"eval": "750 held-out STS-B dev pairs (benchmarks/harness.py)", "batch": args.batch,
               "threads": args.threads, "repeats": args.repeats, "mean_tokens": float(np.mean(tokens)),
               "tome_preset": {k: v for k, v in record["passes"][0].items() if k != "pass"},
               "models": list(rows.values())}
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2), encoding="utf-8")
+    write_results(args.output, result)
     print(f"mean sentence length {np.mean(tokens):.1f} tokens")
     print(f"{'model':12s} {'Spearman':>9s} {'Δ':>7s} {'seconds':>8s} {'×':>6s}  schedule")
     for row in rows.values():

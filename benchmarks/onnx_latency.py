@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, external_data_helper
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from harness import latency_summary, write_results
 
 WEIGHTS = "weights.bin"  # one external file per graph, left out by ``strip``
 FLOATS = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16}
@@ -68,10 +66,8 @@ def time_graphs(out_dir: Path, repeats: int) -> dict:
     sessions = {name: onnx_session(out_dir / name / "model.onnx") for name in names}
     feeds = latency_feeds([i.name for i in next(iter(sessions.values())).get_inputs()], 32, 128)
     latency = median_latencies(sessions, feeds, repeats=repeats)
-    base = latency.get("fp32")
-    return {"setup": f"ONNX Runtime CPU, batch 32, length 128, 2 threads, median of {repeats} interleaved runs",
-            "ms": {k: round(v * 1000, 1) for k, v in latency.items()},
-            "ratio_to_fp32": {k: round(v / base, 3) for k, v in latency.items()} if base else None}
+    return latency_summary(latency, "ONNX Runtime CPU, batch 32, length 128, 2 threads, "
+                                    f"median of {repeats} interleaved runs")
 
 
 def main() -> None:
@@ -93,7 +89,7 @@ def main() -> None:
     result = {**time_graphs(args.out_dir, args.repeats), "cpu": cpu_description()}
     print(json.dumps(result, indent=2))
     if args.output:
-        args.output.write_text(json.dumps(result, indent=2), encoding="utf-8")
+        write_results(args.output, result)
 
 
 if __name__ == "__main__":

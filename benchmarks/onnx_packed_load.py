@@ -23,14 +23,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from harness import median, time_call, timed, write_results
 
 
 # --- one measurement, in its own process -------------------------------------------------------
@@ -87,25 +84,17 @@ def measure(args) -> dict:
     from exporters.onnx_export import onnx_session
 
     base = memory_kib()
-    start = time.perf_counter()
-    session = onnx_session(args.measure, args.threads, constant_folding=args.folding == "on")
-    load_s = time.perf_counter() - start
+    session, load_s = timed(lambda: onnx_session(args.measure, args.threads, constant_folding=args.folding == "on"))
     loaded = memory_kib()
     trimmed = memory_kib() if release_free_heap() else None
     feeds = make_inputs(session, args.batch, args.sequence, args.vocab)
-    start = time.perf_counter()
-    session.run(None, feeds)
-    first_s = time.perf_counter() - start
+    first_s = timed(lambda: session.run(None, feeds))[1]  # outputs freed before memory is read
     first = memory_kib()
-    times = []
-    for _ in range(args.runs):
-        start = time.perf_counter()
-        session.run(None, feeds)
-        times.append(time.perf_counter() - start)
+    times = time_call(lambda: session.run(None, feeds), args.runs)
     return {
         "load_s": load_s,
         "first_run_s": first_s,
-        "median_ms": 1000 * statistics.median(times),
+        "median_ms": 1000 * median(times),
         "rss_growth_load_mib": (loaded["VmRSS"] - base["VmRSS"]) / 1024,
         "rss_growth_load_trimmed_mib": None if trimmed is None else (trimmed["VmRSS"] - base["VmRSS"]) / 1024,
         "rss_growth_first_run_mib": (first["VmRSS"] - base["VmRSS"]) / 1024,
@@ -177,7 +166,7 @@ def main(argv=None) -> None:
     settings = {k: getattr(args, k) for k in ("threads", "runs", "batch", "sequence", "vocab")}
     print_table(results)
     if args.output:
-        args.output.write_text(json.dumps({"settings": settings, "graphs": results}, indent=2) + "\n")
+        write_results(args.output, {"settings": settings, "graphs": results})
 
 
 if __name__ == "__main__":

@@ -4,24 +4,21 @@
     python benchmarks/onnx_sts.py score GRAPH.onnx [...] --data OUT.npz   # there: Spearman ×100
 
 Integer kernels differ between CPUs (benchmarks/onnx_latency.py), so a graph's accuracy is only known
-on the CPU that runs it. Tokenizing here (the default model's tokenizer, the split of
-benchmarks/heldout.py) leaves the other machine nothing to install.
+on the CPU that runs it. Tokenizing here (the default model's tokenizer, the held-out split of
+benchmarks/harness.py) leaves the other machine nothing to install.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from harness import cosine_spearman, split_sts
 
 
 def tokenize(out: Path) -> None:
-    from benchmarks.heldout import split_sts
     from compressor.model import default_model_dir, load_model
 
     _, pairs = split_sts()
@@ -36,7 +33,6 @@ def tokenize(out: Path) -> None:
 
 def score(graph: Path, data: Path, batch: int = 64) -> float:
     import onnxruntime as ort
-    from scipy.stats import spearmanr
 
     arrays = np.load(data)
     options = ort.SessionOptions()
@@ -53,8 +49,7 @@ def score(graph: Path, data: Path, batch: int = 64) -> float:
             mean = (hidden * mask).sum(1) / np.maximum(mask.sum(1), 1.0)
             rows.append(mean / np.linalg.norm(mean, axis=1, keepdims=True))
         pooled[side] = np.concatenate(rows)
-    cosine = (pooled["first"] * pooled["second"]).sum(1)
-    return float(spearmanr(cosine, arrays["scores"]).correlation * 100)
+    return cosine_spearman(pooled["first"], pooled["second"], arrays["scores"])
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
     python benchmarks/presets_heldout.py [--presets int8 nvfp4 ...] [--output FILE]
 
-Calibration: 256 sentences sampled (seed 0) from the calibration half of ``benchmarks/heldout.py``'s
+Calibration: 256 sentences sampled (seed 0) from the calibration half of ``benchmarks/harness.py``'s
 split; evaluation: the 750 held-out pairs, Spearman x100 of the PyTorch model with each format's exact
 numerics (2 threads). Also records effective bits per weight and the checkpoint's weight bytes
 against the FP32 checkpoint. Writes benchmarks/results/presets_heldout.json and prints a table.
@@ -10,46 +10,29 @@ against the FP32 checkpoint. Writes benchmarks/results/presets_heldout.json and 
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
-from scipy.stats import spearmanr
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.heldout import split_sts  # noqa: E402
-from calibrators.data import sample_sentences  # noqa: E402
-from compressor.model import default_model_dir, load_model  # noqa: E402
-from compressor.pipeline import compress_model  # noqa: E402
-from compressor.recipe import PRESETS, load_recipe  # noqa: E402
-from exporters.checkpoint import checkpoint_bytes, save_compressed  # noqa: E402
-
-
-def spearman(handle, pairs) -> float:
-    first, second = handle.embed(pairs.first).numpy(), handle.embed(pairs.second).numpy()
-    cosine = (first * second).sum(axis=1)  # embeddings are L2-normalised
-    return float(spearmanr(cosine, np.asarray(pairs.scores)).correlation * 100.0)
+from compressor.model import default_model_dir, load_model
+from compressor.pipeline import compress_model
+from compressor.recipe import PRESETS, load_recipe
+from exporters.checkpoint import checkpoint_bytes, save_compressed
+from harness import RESULTS, embedding_spearman, held_out_calibration, write_results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--presets", nargs="+", default=list(PRESETS))
     parser.add_argument("--calib-samples", type=int, default=256)
-    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "presets_heldout.json"))
+    parser.add_argument("--output", default=str(RESULTS / "presets_heldout.json"))
     args = parser.parse_args()
     torch.set_num_threads(2)
-    calib_pool, pairs = split_sts()
-    calib = sample_sentences(calib_pool, args.calib_samples)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    calib, pairs = held_out_calibration(args.calib_samples)
     fp32 = load_model(default_model_dir())
-    base = spearman(fp32, pairs)
-    results = {"model": "all-MiniLM-L6-v2", "commit": commit, "calib_samples": len(calib),
+    base = embedding_spearman(fp32, pairs)
+    results = {"model": "all-MiniLM-L6-v2", "calib_samples": len(calib),
                "eval": f"STS-B dev, {len(pairs.scores)} held-out pairs", "fp32_spearman": base, "presets": []}
     print(f"FP32 {base:.3f} on {len(pairs.scores)} held-out pairs", flush=True)
     with tempfile.TemporaryDirectory() as scratch:
@@ -61,15 +44,15 @@ def main() -> None:
                           calibration={"data": "STS-B dev calibration half", "samples": len(calib),
                                        "max_length": 128, "default": False})
             path = save_compressed(handle, Path(scratch) / name, record)
-            row = {"preset": name, "spearman": spearman(handle, pairs), "bits_per_weight": record["bits_per_weight"],
+            row = {"preset": name, "spearman": embedding_spearman(handle, pairs),
+                   "bits_per_weight": record["bits_per_weight"],
                    "checkpoint_ratio": checkpoint_bytes(path) / checkpoint_bytes(default_model_dir()),
                    "compress_seconds": record["seconds"]}
             row["delta"] = row["spearman"] - base
             results["presets"].append(row)
             print(f"{name}: {row['spearman']:.3f} ({row['delta']:+.3f}), {row['bits_per_weight']:.3f} bits, "
                   f"checkpoint {row['checkpoint_ratio']:.3f}x", flush=True)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(results, indent=2), encoding="utf-8")
+    write_results(args.output, results)
     print(f"\n| preset | bits/weight | Spearman | Δ FP32 | checkpoint × FP32 |\n|---|---|---|---|---|")
     for row in results["presets"]:
         print(f"| {row['preset']} | {row['bits_per_weight']:.2f} | {row['spearman']:.2f} | {row['delta']:+.2f} | "

@@ -11,21 +11,16 @@ Writes benchmarks/results/pruning_dit.json.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.dit_presets_psnr import draw  # noqa: E402
-from compressor.diffusion.quality import psnr, ssim  # noqa: E402
-from compressor.model import load_model  # noqa: E402
-from compressor.pipeline import compress  # noqa: E402
-from compressor.recipe import Recipe  # noqa: E402
+from compressor.diffusion.quality import psnr, ssim
+from compressor.model import load_model
+from compressor.pipeline import compress
+from compressor.recipe import Recipe
+from harness import RESULTS, add_dit_arguments, draw, judge_accuracy, write_results
 
 RECIPES = {
     "sparse24 (2:4, SparseGPT)": [{"sparsify": {"target": "2:4"}}],
@@ -33,19 +28,11 @@ RECIPES = {
 }
 
 
-def judge_accuracy(judge, images: torch.Tensor) -> float:
-    labels = torch.arange(len(images)) % 10
-    with torch.no_grad():
-        logits = torch.cat([judge(images[i : i + 200])[0] for i in range(0, len(images), 200)])
-    return float((logits.argmax(1) == labels).float().mean())
-
-
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--model", default=str(ROOT / "examples/mnist_dit/model"))
-    p.add_argument("--judge", default=str(ROOT / "examples/mnist_dit/judge.pt"))
+    add_dit_arguments(p)
     p.add_argument("--samples", type=int, default=1000)
-    p.add_argument("--output", default=str(ROOT / "benchmarks/results/pruning_dit.json"))
+    p.add_argument("--output", default=str(RESULTS / "pruning_dit.json"))
     args = p.parse_args()
     torch.set_num_threads(2)
     judge = torch.jit.load(args.judge).eval()
@@ -63,7 +50,7 @@ def main() -> None:
             row["judge_delta_points"] = 100 * (row["judge_accuracy"] - results["fp32"]["judge_accuracy"])
             results["models"][label] = row
             print(label, {k: v for k, v in row.items() if k != "passes"}, flush=True)
-    Path(args.output).write_text(json.dumps(results, indent=2), encoding="utf-8")
+    write_results(args.output, results)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
                                         [--save-graphs DIR] [--output FILE]
 
 Calibration: as many sentences as each preset calibrates on (256; 1024 for the 2:4 presets) from the
-calibration half of STS-B dev (benchmarks/heldout.py); Spearman x100 on the other 750 pairs, in
+calibration half of STS-B dev (benchmarks/harness.py); Spearman x100 on the other 750 pairs, in
 PyTorch. Latency: ONNX Runtime CPU, batch 32, length 128, 2 threads,
 median of interleaved runs after warm-up, every graph in one session set (FP32, structured FP32,
 structured INT8 and unpruned INT8 for the onnxruntime target with uint8 and with int8 weights,
@@ -16,39 +16,28 @@ checkpoint against their dense FP32 bytes. Writes benchmarks/results/pruning_min
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.heldout import split_sts  # noqa: E402
-from calibrators.data import sample_sentences  # noqa: E402
-from compressor.evaluation.metrics import sts_spearman  # noqa: E402
-from compressor.evaluation.onnx_runner import latency_feeds, median_latencies, onnx_embed  # noqa: E402
-from compressor.model import default_model_dir, load_model  # noqa: E402
-from compressor.pipeline import compress_model  # noqa: E402
-from compressor.recipe import load_recipe  # noqa: E402
-from exporters.checkpoint import save_compressed  # noqa: E402
-from exporters.cpu_features import cpu_description  # noqa: E402
-from exporters.onnx_export import export_onnx, onnx_session  # noqa: E402
-from exporters.sparsity_check import check_nm_sparsity  # noqa: E402
+from calibrators.data import sample_sentences
+from compressor.evaluation.onnx_runner import latency_feeds, median_latencies
+from compressor.model import default_model_dir, load_model
+from compressor.pipeline import compress_model
+from compressor.recipe import load_recipe
+from exporters.checkpoint import save_compressed
+from exporters.cpu_features import cpu_description
+from exporters.onnx_export import export_onnx, onnx_session
+from exporters.sparsity_check import check_nm_sparsity
+from harness import RESULTS, embedding_spearman, latency_summary, onnx_spearman, split_sts, write_results
 
 PRESETS = ["prune-structured", "prune-structured-int8", "sparse24", "sparse24-int8", "sparse24-w4a16-nvfp4", "int8"]
 # timed graphs; unpruned int8 is there to show what this CPU's INT8 kernels give on their own
 LATENCY = {"prune-structured": "onnxruntime", "prune-structured-int8": "onnxruntime", "sparse24": "onnxruntime",
            "int8": "onnxruntime"}
-
-
-
-def spearman(handle, pairs) -> float:
-    return sts_spearman(handle.embed(pairs.first).numpy(), handle.embed(pairs.second).numpy(), pairs.scores)
 
 
 def sparse_weight_ratio(path: Path, layers) -> float:
@@ -72,12 +61,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--calib-samples", type=int, help="calibrate every preset on this many sentences instead")
     parser.add_argument("--save-graphs", help="also keep the timed ONNX graphs in this folder")
-    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "pruning_minilm.json"))
+    parser.add_argument("--output", default=str(RESULTS / "pruning_minilm.json"))
     args = parser.parse_args()
     torch.set_num_threads(2)
     calib_pool, pairs = split_sts()
     fp32 = load_model(default_model_dir())
-    base = spearman(fp32, pairs)
+    base = embedding_spearman(fp32, pairs)
     results = {"model": "all-MiniLM-L6-v2", "eval": f"STS-B dev, {len(pairs.scores)} held-out pairs",
                "fp32_spearman": base, "keep_macs": args.keep_macs, "presets": {}}
     print(f"FP32 {base:.3f}", flush=True)
@@ -96,7 +85,7 @@ def main() -> None:
             record.update(source=str(default_model_dir()),
                           calibration={"data": "STS-B dev calibration half", "samples": len(calib), "max_length": 128})
             path = save_compressed(handle, scratch / name, record)
-            row = {"spearman": spearman(handle, pairs), "seconds": record["seconds"]}
+            row = {"spearman": embedding_spearman(handle, pairs), "seconds": record["seconds"]}
             row["delta"] = row["spearman"] - base
             for step in record["passes"]:
                 if step["pass"] == "prune_structured":
@@ -118,9 +107,7 @@ def main() -> None:
                 for weights, kernel in (("uint8", "u8u8"), ("int8", "u8s8")):
                     graph = export_onnx(handle, scratch / f"{name}-{kernel}.onnx", "onnxruntime", int8_weights=weights)
                     graphs[f"{name} {kernel}"] = graph
-                    session = onnx_session(graph)
-                    row["onnxruntime_spearman"][kernel] = sts_spearman(
-                        onnx_embed(session, handle, pairs.first), onnx_embed(session, handle, pairs.second), pairs.scores)
+                    row["onnxruntime_spearman"][kernel] = onnx_spearman(graph, handle, pairs)
             elif name in LATENCY:
                 graphs[name] = export_onnx(handle, scratch / f"{name}.onnx", LATENCY[name])
             results["presets"][name] = row
@@ -128,19 +115,14 @@ def main() -> None:
         sessions = {name: onnx_session(path) for name, path in graphs.items()}
         feeds = latency_feeds([i.name for i in sessions["fp32"].get_inputs()], 32, 128)
         latency = median_latencies(sessions, feeds, repeats=args.repeats)
-        results["latency"] = {
-            "setup": f"ONNX Runtime CPU, batch 32, length 128, 2 threads, median of {args.repeats} interleaved runs",
-            "cpu": cpu_description(),
-            "ms": {k: round(v * 1000, 1) for k, v in latency.items()},
-            "ratio_to_fp32": {k: round(v / latency["fp32"], 3) for k, v in latency.items()},
-        }
+        results["latency"] = {**latency_summary(latency, "ONNX Runtime CPU, batch 32, length 128, 2 threads, "
+                                                f"median of {args.repeats} interleaved runs"), "cpu": cpu_description()}
         print(results["latency"], flush=True)
         if args.save_graphs:
             Path(args.save_graphs).mkdir(parents=True, exist_ok=True)
             for name, graph in graphs.items():
                 shutil.copy(graph, Path(args.save_graphs) / f"{name.replace(' ', '-')}.onnx")
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(results, indent=2), encoding="utf-8")
+    write_results(args.output, results)
 
 
 if __name__ == "__main__":

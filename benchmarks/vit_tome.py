@@ -13,37 +13,33 @@ batch 64 with 2 threads, models interleaved (median of the repeats), all in this
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from compressor.evaluation.image_classification import classification_metrics, onnx_logits  # noqa: E402
-from compressor.evaluation.onnx_runner import median_latencies  # noqa: E402
-from compressor.model import load_model  # noqa: E402
-from compressor.pipeline import compress  # noqa: E402
-from compressor.recipe import Recipe, load_recipe  # noqa: E402
-from exporters.checkpoint import load_compressed  # noqa: E402
-from exporters.onnx_export import export_onnx, onnx_session  # noqa: E402
+from compressor.evaluation.image_classification import classification_metrics, onnx_logits
+from compressor.evaluation.onnx_runner import median_latencies
+from compressor.model import load_model
+from compressor.pipeline import compress
+from compressor.recipe import Recipe, load_recipe
+from exporters.checkpoint import load_compressed
+from exporters.onnx_export import export_onnx, onnx_session
+from harness import MNIST, RESULTS, ROOT, write_results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(ROOT / "examples" / "mnist_vit" / "model"))
-    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "mnist"))
+    parser.add_argument("--data", default=str(MNIST))
     parser.add_argument("--presets", nargs="*", default=["tome", "tome-int8"])
     parser.add_argument("--sweep", nargs="*", type=int, default=[8, 12, 16, 20])
     parser.add_argument("--sweep-schedule", default="decreasing", choices=["constant", "decreasing"])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "vit_tome.json"))
+    parser.add_argument("--output", default=str(RESULTS / "vit_tome.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -84,8 +80,7 @@ def main() -> None:
         row["top1_change_points"] = 100 * (row["top1_accuracy"] - rows["fp32"]["top1_accuracy"])
     result = {"model": os.path.relpath(args.model, ROOT), "eval": f"last 1000 images of {os.path.relpath(args.data, ROOT)}", "calibration": "256 of the first 9000",
               "batch": args.batch, "threads": args.threads, "repeats": args.repeats, "models": list(rows.values())}
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2), encoding="utf-8")
+    write_results(args.output, result)
     print(f"{'model':16s} {'top-1 %':>8s} {'Δ pts':>7s} {'agree %':>8s} {'img/s':>7s} {'×':>6s}  embeddings schedule")
     for row in rows.values():
         print(f"{row['model']:16s} {100 * row['top1_accuracy']:8.2f} {row['top1_change_points']:+7.2f} "

@@ -14,30 +14,24 @@ Writes benchmarks/results/vq_dit.json.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from compressor.evaluation.generated_images import SamplingSetup, compare_diffusion, images_from  # noqa: E402
-from compressor.pipeline import compress  # noqa: E402
-from compressor.recipe import load_recipe  # noqa: E402
+from compressor.evaluation.generated_images import SamplingSetup, compare_diffusion, images_from
+from compressor.pipeline import compress
+from compressor.recipe import load_recipe
+from harness import RESULTS, add_dit_arguments, format_counts, write_results
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=str(ROOT / "examples/mnist_dit/model"))
-    p.add_argument("--judge", default=str(ROOT / "examples/mnist_dit/judge.pt"))
-    p.add_argument("--mnist", default=str(ROOT.parent / "shared/data/mnist"))
+    add_dit_arguments(p, mnist=True)
     p.add_argument("--samples", type=int, default=1000)
     p.add_argument("--vq3-bits", type=float, default=3.3)
     p.add_argument("--seed", type=int, default=1000)
-    p.add_argument("--output", default=str(ROOT / "benchmarks/results/vq_dit.json"))
+    p.add_argument("--output", default=str(RESULTS / "vq_dit.json"))
     args = p.parse_args()
     torch.set_num_threads(2)
     rows = {}
@@ -51,8 +45,7 @@ def main() -> None:
                 config.max_bits, config.candidates = args.vq3_bits, ["vq3", "vq2"]
             handle = compress(args.model, recipe, None, Path(scratch) / name)
             rows[name] = {"bits_per_weight": handle.info["bits_per_weight"],
-                          "formats": {f: sum(r["format"] == f for r in handle.info["layers"])
-                                      for f in {r["format"] for r in handle.info["layers"]}}}
+                          "formats": format_counts(handle.info["layers"])}
             print(name, rows[name], flush=True)
             dirs.append(Path(scratch) / name)
         setup = SamplingSetup(args.samples, 25, 1.5, seed=args.seed)
@@ -70,7 +63,7 @@ def main() -> None:
         print(f"{name}: {row['bits_per_weight']:.3f} bits, judge {100 * row['judge_accuracy']:.1f}% "
               f"({row['judge_change_points']:+.1f}), PSNR {row['psnr_db']:.2f} dB", flush=True)
     print(f"FP32 judge {100 * fp32['judge_accuracy']:.1f}%")
-    Path(args.output).write_text(json.dumps(result, indent=2), encoding="utf-8")
+    write_results(args.output, result)
 
 
 if __name__ == "__main__":

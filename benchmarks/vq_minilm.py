@@ -4,7 +4,7 @@ and what their ONNX files hold.
     python benchmarks/vq_minilm.py [--calib-seeds 0 1 2] [--output benchmarks/results/vq_minilm.json]
 
 In one run (2 threads; calibration sentences from one half of STS-B dev, scores on the other half,
-benchmarks/heldout.py):
+benchmarks/harness.py):
   * PyTorch Spearman ×100 of FP32, `vq3`, `vq-mix` (--max-bits 2.5 unless --mix-bits) and INT3 with groups
     of 64 rounded by GPTQ (3.5 bits: the scalar baseline at more bits than either VQ preset), each on the
     same sentences, for several calibration draws (--calib-seeds; one draw's score moves by tenths of a
@@ -16,36 +16,23 @@ benchmarks/heldout.py):
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
 from pathlib import Path
 
 import onnx
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.heldout import split_sts  # noqa: E402
-from benchmarks.lowbit_minilm import torch_spearman  # noqa: E402
-from calibrators.data import sample_sentences  # noqa: E402
-from compressor.evaluation.metrics import sts_spearman  # noqa: E402
-from compressor.evaluation.onnx_runner import onnx_embed  # noqa: E402
-from compressor.model import default_model_dir, load_model  # noqa: E402
-from compressor.pipeline import compress_model  # noqa: E402
-from compressor.quant_linear import QuantLinear  # noqa: E402
-from compressor.recipe import Recipe, load_recipe  # noqa: E402
-from exporters.onnx_codebook import TABLE_PREFIX  # noqa: E402
-from exporters.onnx_export import export_onnx, onnx_session  # noqa: E402
+from calibrators.data import sample_sentences
+from compressor.model import default_model_dir, load_model
+from compressor.pipeline import compress_model
+from compressor.quant_linear import QuantLinear
+from compressor.recipe import Recipe, load_recipe
+from exporters.onnx_codebook import TABLE_PREFIX
+from exporters.onnx_export import export_onnx
+from harness import RESULTS, embedding_spearman, format_counts, onnx_spearman, split_sts, write_results
 
 INT3_GPTQ = {"name": "int3-g64-gptq",
              "passes": [{"quantize": {"scheme": "w3a16-int3", "group_size": 64, "rounding": "gptq"}}]}
-
-
-def onnx_spearman(path: Path, handle, pairs) -> float:
-    session = onnx_session(path, 2)
-    return sts_spearman(onnx_embed(session, handle, pairs.first), onnx_embed(session, handle, pairs.second), pairs.scores)
 
 
 def linear_initializer_bytes(path: Path, handle) -> tuple[int, int]:
@@ -62,8 +49,8 @@ def linear_initializer_bytes(path: Path, handle) -> tuple[int, int]:
 def compress_and_score(recipe: Recipe, calib: list[str], pairs, base: float):
     handle = load_model(default_model_dir())
     record = compress_model(handle, calib, recipe)
-    row = {"model": recipe.name, "bits_per_weight": record["bits_per_weight"], "spearman": torch_spearman(handle, pairs),
-           "formats": {f: sum(r["format"] == f for r in record["layers"]) for f in {r["format"] for r in record["layers"]}},
+    row = {"model": recipe.name, "bits_per_weight": record["bits_per_weight"],
+           "spearman": embedding_spearman(handle, pairs), "formats": format_counts(record["layers"]),
            "compress_seconds": record["seconds"]}
     if record.get("search"):
         row["max_bits"] = record["search"]["max_bits"]
@@ -91,7 +78,7 @@ def main() -> None:
     parser.add_argument("--calib-seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="one calibration draw per seed; vq3, vq-mix and INT3 are compressed on each")
     parser.add_argument("--mix-bits", type=float, default=2.5)
-    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "vq_minilm.json"))
+    parser.add_argument("--output", default=str(RESULTS / "vq_minilm.json"))
     parser.add_argument("--save-graphs", help="keep the FP32, vq3 and nvfp4 ONNX files here (for "
                         "benchmarks/onnx_packed_load.py)")
     args = parser.parse_args()
@@ -99,7 +86,7 @@ def main() -> None:
     calib_pool, pairs = split_sts()
     samples = args.calib_samples or load_recipe("vq3").calibration.calib_samples
     fp32 = load_model(default_model_dir())
-    base = torch_spearman(fp32, pairs)
+    base = embedding_spearman(fp32, pairs)
     print(f"FP32: {base:.3f}", flush=True)
     mix = load_recipe("vq-mix")
     mix.find("quantize").config.max_bits = args.mix_bits
@@ -139,8 +126,7 @@ def main() -> None:
     result = {"model": "all-MiniLM-L6-v2", "eval": f"STS-B dev, {len(pairs.scores)} held-out pairs",
               "calib_samples": samples, "calib_seeds": args.calib_seeds, "fp32_spearman": base,
               "summary": summary, "draws": draws, "onnx": exports}
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2), encoding="utf-8")
+    write_results(args.output, result)
     print("| model | draws | bits/weight | mean Δ | lowest Δ | highest Δ |\n|---|---|---|---|---|---|")
     for name, row in summary.items():
         print(f"| {name} | {row['draws']} | {row['bits_per_weight']:.3f} | {row['mean_delta']:+.3f} | "

@@ -3,7 +3,7 @@
     python benchmarks/w8a8_minilm.py [--stsb ../shared/data/stsb/sts-dev.csv] [--repeats 30]
 
 Measures, in one run on this machine:
-  * Spearman x100 on the held-out half of STS-B dev (calibration on the other half, benchmarks/heldout.py) of FP32, of W8A8 (PyTorch), and of the tensorrt- and
+  * Spearman x100 on the held-out half of STS-B dev (calibration on the other half, benchmarks/harness.py) of FP32, of W8A8 (PyTorch), and of the tensorrt- and
     onnxruntime-target ONNX exports run in ONNX Runtime;
   * the same in PyTorch for ablations (forced fallback; no SmoothQuant; max calibration; MSE and
     entropy observers);
@@ -15,26 +15,22 @@ Writes benchmarks/results/w8a8_minilm.json and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.heldout import split_sts, write_sts_tsv  # noqa: E402
-from calibrators.data import sample_sentences  # noqa: E402
-from compressor.evaluation.metrics import sts_spearman  # noqa: E402
-from compressor.evaluation.onnx_runner import latency_feeds, median_latencies, onnx_embed  # noqa: E402
-from compressor.model import default_model_dir, load_model  # noqa: E402
-from compressor.pipeline import compress_model  # noqa: E402
-from compressor.recipe import flat_recipe  # noqa: E402
-from exporters.onnx_export import export_onnx, onnx_session  # noqa: E402
+from compressor.evaluation.onnx_runner import latency_feeds, median_latencies
+from compressor.model import default_model_dir, load_model
+from compressor.pipeline import compress_model
+from compressor.recipe import flat_recipe
+from exporters.onnx_export import export_onnx, onnx_session
+from harness import (
+    RESULTS, add_sts_arguments, embedding_spearman, held_out_calibration, latency_summary, onnx_spearman, timed,
+    write_results
+)
 
 ABLATIONS = {
     "int8 (default: percentile 99.99 + SmoothQuant, fallback only above 1% output error)": {},
@@ -46,26 +42,15 @@ ABLATIONS = {
 }
 
 
-def torch_spearman(handle, pairs) -> float:
-    return sts_spearman(handle.embed(pairs.first).numpy(), handle.embed(pairs.second).numpy(), pairs.scores)
-
-
-def onnx_spearman(path, handle, pairs) -> float:
-    session = onnx_session(path)
-    return sts_spearman(onnx_embed(session, handle, pairs.first), onnx_embed(session, handle, pairs.second), pairs.scores)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--stsb", default=str(ROOT.parent / "shared" / "data" / "stsb" / "sts-dev.csv"))
-    parser.add_argument("--calib-samples", type=int, default=256)
+    add_sts_arguments(parser)
     parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "w8a8_minilm.json"))
+    parser.add_argument("--output", default=str(RESULTS / "w8a8_minilm.json"))
     args = parser.parse_args()
     torch.set_num_threads(2)
-    # calibrate on one half of dev, score on the other (benchmarks/heldout.py)
-    calib_pool, pairs = split_sts(args.stsb)
-    calib = sample_sentences(calib_pool, args.calib_samples)
+    # calibrate on one half of dev, score on the other (benchmarks/harness.py)
+    calib, pairs = held_out_calibration(args.calib_samples, args.stsb)
     results: dict = {"model": "all-MiniLM-L6-v2", "eval": f"STS-B dev, {len(pairs.scores)} held-out pairs (calibration on the other half)", "calib_samples": len(calib)}
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -74,16 +59,15 @@ def main() -> None:
         calib_file.write_text("\n".join(calib) + "\n", encoding="utf-8")
 
         # Wall time of the command a user runs, model load and checkpoint write included.
-        start = time.perf_counter()
-        subprocess.run(
+        _, seconds = timed(lambda: subprocess.run(
             [sys.executable, "-m", "compressor", "compress", str(default_model_dir()), "--recipe", "int8",
              "--calib-data", str(calib_file), "--output", str(scratch / "int8")],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        results["compress_cli_seconds"] = round(time.perf_counter() - start, 1)
+        ))
+        results["compress_cli_seconds"] = round(seconds, 1)
 
         fp32 = load_model(default_model_dir())
-        results["fp32_spearman"] = torch_spearman(fp32, pairs)
+        results["fp32_spearman"] = embedding_spearman(fp32, pairs)
         export_onnx(fp32, scratch / "fp32.onnx", "onnxruntime")
         results["fp32_onnx_spearman"] = onnx_spearman(scratch / "fp32.onnx", fp32, pairs)
 
@@ -96,7 +80,7 @@ def main() -> None:
                 "float_layers": [layer["name"] for layer in record["layers"] if layer["format"] != "int8"],
                 "smoothed_layers": sum(layer["smoothing_alpha"] is not None for layer in record["layers"]),
                 "compress_seconds": record["seconds"],
-                "spearman_torch": torch_spearman(handle, pairs),
+                "spearman_torch": embedding_spearman(handle, pairs),
             }
             if not rows:  # the default recipe: both ONNX targets, and latency
                 for target in ("tensorrt", "onnxruntime"):
@@ -109,19 +93,14 @@ def main() -> None:
                 }
                 feeds = latency_feeds([i.name for i in sessions["fp32"].get_inputs()], 32, 128)
                 latency = median_latencies(sessions, feeds, repeats=args.repeats)
-                results["latency"] = {
-                    "setup": "ONNX Runtime CPU, batch 32, length 128, 2 threads, median of "
-                    f"{args.repeats} interleaved runs after 3 warm-ups",
-                    "ms": {k: round(v * 1000, 1) for k, v in latency.items()},
-                    "ratio_to_fp32": {k: round(v / latency["fp32"], 3) for k, v in latency.items()},
-                }
+                results["latency"] = latency_summary(latency, "ONNX Runtime CPU, batch 32, length 128, 2 threads, "
+                                                     f"median of {args.repeats} interleaved runs after 3 warm-ups")
             row["delta_torch"] = row["spearman_torch"] - results["fp32_spearman"]
             rows.append(row)
             print(f"{name}: {row['spearman_torch']:.3f} ({row['delta_torch']:+.3f})", flush=True)
         results["recipes"] = rows
 
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(results, indent=2), encoding="utf-8")
+    write_results(args.output, results)
     print(f"\nFP32: {results['fp32_spearman']:.3f} (PyTorch), {results['fp32_onnx_spearman']:.3f} (ONNX Runtime)")
     print("| recipe | float layers | Spearman | Δ FP32 |\n|---|---|---|---|")
     for row in rows:

@@ -3,14 +3,12 @@ real images the judge and the Fréchet distance are measured against (`compresso
 the last 1,000 images of the IDX data it is given)."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from calibrators.images import load_idx_images  # noqa: E402
-from compressor.errors import CompressorError  # noqa: E402
+from calibrators.images import load_idx_images
+from compressor.errors import CompressorError
 
 HELD_OUT = 1000
 

@@ -13,18 +13,15 @@ import argparse
 import copy
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compressor.diffusion.sampling import sample  # noqa: E402
-from mnist_data import load_mnist  # noqa: E402
-from mnist_judge import DigitJudge, export_torchscript, save_weights  # noqa: E402
+from compressor.diffusion.sampling import sample
+from mnist_data import load_mnist
+from mnist_judge import DigitJudge, export_torchscript, save_weights
 
 
 def train_judge(x, y, xv, yv, seed: int) -> DigitJudge:

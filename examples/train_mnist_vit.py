@@ -13,16 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mnist_data import load_mnist  # noqa: E402
+from mnist_data import load_mnist
 
 
 def build_model(hidden: int, layers: int, heads: int, mlp: int):
