@@ -21,7 +21,7 @@ from compressor.diffusion.step_cache import step_cache_of
 from compressor.model import load_model
 from compressor.pipeline import compress
 from compressor.recipe import load_recipe
-from exporters.checkpoint import load_compressed
+from compressor.checkpoint import load_compressed
 from harness import RESULTS, add_dit_arguments, draw, judge_accuracy, timed, write_results
 
 

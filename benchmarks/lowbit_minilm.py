@@ -26,7 +26,8 @@ from compressor.model import default_model_dir, load_model
 from compressor.pipeline import compress_model
 from compressor.quant_linear import QuantLinear
 from compressor.recipe import FLAT_PRESETS, flat_recipe, load_recipe
-from exporters.checkpoint import checkpoint_bytes, save_compressed
+from compressor.checkpoint import checkpoint_bytes
+from exporters.checkpoint import save_compressed
 from harness import (
     RESULTS, add_sts_arguments, embedding_spearman, format_counts, held_out_calibration, write_results, write_sts_tsv
 )

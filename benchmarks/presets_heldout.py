@@ -18,7 +18,8 @@ import torch
 from compressor.model import default_model_dir, load_model
 from compressor.pipeline import compress_model
 from compressor.recipe import PRESETS, load_recipe
-from exporters.checkpoint import checkpoint_bytes, save_compressed
+from compressor.checkpoint import checkpoint_bytes
+from exporters.checkpoint import save_compressed
 from harness import RESULTS, embedding_spearman, held_out_calibration, write_results
 
 

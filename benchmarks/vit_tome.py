@@ -24,7 +24,7 @@ from compressor.evaluation.onnx_runner import median_latencies
 from compressor.model import load_model
 from compressor.pipeline import compress
 from compressor.recipe import Recipe, load_recipe
-from exporters.checkpoint import load_compressed
+from compressor.checkpoint import load_compressed
 from exporters.onnx_export import export_onnx, onnx_session
 from harness import MNIST, RESULTS, ROOT, write_results
 

@@ -14,7 +14,7 @@ def compress(*args, **kwargs):
 
 
 def load_compressed(path):
-    from exporters.checkpoint import load_compressed as run
+    from compressor.checkpoint import load_compressed as run
 
     return run(path)
 

@@ -42,7 +42,7 @@ def _compress(args) -> None:
     handle = compress(resolve_model_dir(args.model_dir), recipe, args.calib_data, args.output,
                       overwrite=args.overwrite, announce=lambda text: print(text, file=sys.stderr))
     print(plan_table(handle.info))
-    from exporters.checkpoint import checkpoint_bytes
+    from compressor.checkpoint import checkpoint_bytes
 
     size, original = checkpoint_bytes(args.output), checkpoint_bytes(handle.info["source"])
     print(f"wrote {args.output} in {handle.info['seconds']:.1f} s: weights {size / 1e6:.1f} MB on disk, "
@@ -157,7 +157,7 @@ def _export(args) -> None:
     if args.format == "tensorrt":
         import_tensorrt()  # fail before loading and exporting when TensorRT is missing
 
-    from exporters.checkpoint import load_any
+    from compressor.checkpoint import load_any
     from exporters.onnx_export import export_onnx
 
     handle = load_any(resolve_model_dir(args.model_dir))

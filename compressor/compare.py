@@ -19,7 +19,7 @@ from compressor.evaluation.base import Candidate, CompareOptions, TaskEvaluator
 from compressor.evaluation.onnx_runner import median_latencies
 from compressor.quant_linear import QuantLinear
 from exporters.atomic import atomic_directory, check_can_write
-from exporters.checkpoint import checkpoint_bytes, is_compressed_checkpoint, load_any
+from compressor.checkpoint import checkpoint_bytes, is_compressed_checkpoint, load_any
 from exporters.onnx_export import export_onnx, onnx_session
 
 LATENCY_STATISTIC = "median after 3 warm-up runs, models interleaved"

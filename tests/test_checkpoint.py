@@ -13,9 +13,8 @@ from compressor.errors import CompressorError
 from compressor.quant_linear import QuantLinear
 from compressor.pipeline import compress
 from compressor.recipe import Recipe, load_recipe
-from exporters.checkpoint import (
-    FORMAT_VERSION, checkpoint_bytes, is_compressed_checkpoint, load_any, load_compressed, save_compressed,
-)
+from compressor.checkpoint import FORMAT_VERSION, checkpoint_bytes, is_compressed_checkpoint, load_any, load_compressed
+from exporters.checkpoint import save_compressed
 
 QUERY = "encoder.layer.0.attention.self.query"
 
@@ -222,9 +221,10 @@ def test_overwrite_replaces_directory(fp32_handle, tmp_path):
 ASSETS = Path(__file__).parent / "assets"
 
 
-def test_format_version_2_checkpoint_loads_exactly_and_exports(tmp_path):
+def test_format_version_2_checkpoint_loads_and_exports(tmp_path):
     """tests/assets/checkpoint_v2 was written by the format-2 code (every scheme of that version, INT8
-    W8A8 layers stored as ``.weight``, INT8 embeddings); its reloaded output was saved beside it."""
+    W8A8 layers stored as ``.weight``, INT8 embeddings); its reloaded output was saved beside it, on another
+    machine."""
     from safetensors.torch import load_file
 
     from exporters.onnx_export import export_onnx, onnx_session
@@ -235,14 +235,18 @@ def test_format_version_2_checkpoint_loads_exactly_and_exports(tmp_path):
     inputs = {k: expected[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
     with torch.no_grad():
         hidden = handle.model(**inputs).last_hidden_state
-    assert torch.equal(hidden, expected["last_hidden_state"])
+    # Not bit-exact: another CPU's float kernels sum in another order (last-bit differences), and such a
+    # difference can move an activation across an INT8 or FP4 rounding boundary: one quantization step.
+    # Perturbing every layer's input by 1e-6 relative noise moved these outputs (magnitudes up to 3.3) by at
+    # most 9e-5 over 100 draws; the tolerance leaves a few times that.
+    torch.testing.assert_close(hidden, expected["last_hidden_state"], atol=3e-4, rtol=1e-4)
     w8a8 = handle.model.get_submodule("encoder.layer.0.output.dense")
     assert isinstance(w8a8, QuantLinear) and w8a8.scheme.name == "int8" and w8a8.weight_values.dtype == torch.int8
     path = export_onnx(handle, tmp_path / "v2.onnx", "onnxruntime")
     out = onnx_session(path).run(None, {k: v.numpy() for k, v in inputs.items()})[0]
     reference = expected["last_hidden_state"].numpy()
     assert float(np.linalg.norm(out - reference) / np.linalg.norm(reference)) < 1e-2
-    # saved again, it is a current-version checkpoint that reloads to the same model
+    # saved again on this machine, it is a current-version checkpoint that reloads to the same model, bit for bit
     again = save_compressed(handle, tmp_path / "v3", dict(handle.info))
     reloaded = load_compressed(again)
     assert reloaded.info["format_version"] == FORMAT_VERSION

@@ -23,7 +23,7 @@ from compressor.model import load_model
 from compressor.pipeline import compress
 from compressor.quant_linear import QuantLinear
 from compressor.recipe import FLAT_PRESETS, flat_recipe, load_recipe
-from exporters.checkpoint import load_compressed
+from compressor.checkpoint import load_compressed
 from exporters.onnx_export import export_onnx, onnx_session
 from exporters.onnx_lowbit import reference_ops
 

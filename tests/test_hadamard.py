@@ -241,7 +241,7 @@ def test_rotated_w4a4_layers_round_trip_through_checkpoint(tiny_bert_dir, calib_
     """Only W4A4 layers rotate (by their format's block); the reloaded checkpoint computes the same."""
     from compressor.model import load_model
     from compressor.pipeline import compress
-    from exporters.checkpoint import load_compressed
+    from compressor.checkpoint import load_compressed
 
     recipe = flat_recipe({**FAST, "scheme": "nvfp4", "rounding": "gptq", "rotation": "hadamard",
                           "formats": {"*.attention.self.query": "mxfp4", "*.attention.output.dense": "w4a16-nvfp4",

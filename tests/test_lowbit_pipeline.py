@@ -18,7 +18,7 @@ from compressor.quant_embedding import QuantEmbedding
 from compressor.quant_linear import QuantLinear
 from compressor.recipe import flat_recipe, load_recipe
 from compressor.numerics.formats import make_weight_format
-from exporters.checkpoint import checkpoint_bytes, load_compressed
+from compressor.checkpoint import checkpoint_bytes, load_compressed
 
 FAST = dict(calib_samples=24, sensitivity_samples=8, search_tokens=512, batch_size=8, max_length=32)
 QUERY = "encoder.layer.0.attention.self.query"

@@ -6,7 +6,7 @@ import torch
 from onnx import TensorProto, numpy_helper
 
 from compressor.errors import CompressorError
-from exporters.checkpoint import load_compressed
+from compressor.checkpoint import load_compressed
 from exporters.onnx_export import export_onnx, onnx_session
 
 TARGETS = ("onnxruntime", "tensorrt")

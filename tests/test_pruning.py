@@ -17,7 +17,7 @@ from compressor.pipeline import compress
 from compressor.quant_linear import QuantLinear
 from compressor.recipe import Recipe
 from compressor.structure import UnitGroup, keep_units, linear_macs
-from exporters.checkpoint import load_compressed
+from compressor.checkpoint import load_compressed
 from exporters.onnx_export import export_onnx, onnx_session
 from exporters.sparsity_check import check_nm_sparsity
 

@@ -53,7 +53,7 @@ def test_a_large_threshold_skips_the_blocks_after_the_first(tiny_dit_dir):
 def test_step_cache_pass_round_trip(tiny_dit_dir, tmp_path):
     from compressor.pipeline import compress
     from compressor.recipe import Recipe
-    from exporters.checkpoint import load_compressed
+    from compressor.checkpoint import load_compressed
 
     recipe = Recipe.from_dict({"name": "cache", "passes": [{"step_cache": {"thresholds": [0.05, 0.2, 0.5, 2.0]}}],
                                "calibration": {"calib_images": 8, "sampling_steps": STEPS}})

@@ -252,7 +252,7 @@ def test_tome_pass_round_trip_and_int8(tiny_vit, tmp_path):
     from compressor.pipeline import compress
     from compressor.quant_linear import QuantLinear
     from compressor.recipe import Recipe, load_recipe
-    from exporters.checkpoint import load_compressed
+    from compressor.checkpoint import load_compressed
     from exporters.onnx_export import export_onnx, onnx_session
 
     model_dir, data = tiny_vit
@@ -355,7 +355,7 @@ def test_cli_compress_export_and_compare_a_vit(tiny_vit, tmp_path, capsys):
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     rows = {row["model"]: row for row in report["models"]}
     assert rows["original"]["top1_agreement"] == 1.0 and report["eval_images"] == 1000
-    from exporters.checkpoint import load_compressed
+    from compressor.checkpoint import load_compressed
 
     reloaded = load_compressed(out)
     images, labels = reloaded.adapter.images(reloaded, data, "evaluation")
@@ -393,7 +393,7 @@ def test_dit_mlp_on_merged_duplicates_is_unchanged(tiny_dit_dir):
 def test_dit_tome_round_trip_and_onnx(tiny_dit_dir, tmp_path):
     from compressor.pipeline import compress
     from compressor.recipe import Recipe
-    from exporters.checkpoint import load_compressed
+    from compressor.checkpoint import load_compressed
     from exporters.onnx_export import export_onnx, onnx_session
 
     recipe = Recipe.from_dict({"name": "dit-tome", "passes": [{"tome": {"r": 4, "schedule": "constant"}}],
@@ -417,7 +417,7 @@ def test_every_quantization_preset_compresses_and_exports_a_vit(tiny_vit, tmp_pa
     from compressor.pipeline import compress
     from compressor.quant_linear import QuantLinear
     from compressor.recipe import load_recipe
-    from exporters.checkpoint import load_compressed
+    from compressor.checkpoint import load_compressed
     from exporters.onnx_export import export_onnx, onnx_session
 
     model_dir, data = tiny_vit
@@ -443,7 +443,7 @@ def test_int4_groups_fit_narrow_layers():
 def test_structured_pruning_then_merging_on_a_vit(tiny_vit, tmp_path):
     from compressor.pipeline import compress
     from compressor.recipe import Recipe
-    from exporters.checkpoint import load_compressed
+    from compressor.checkpoint import load_compressed
     from exporters.onnx_export import export_onnx, onnx_session
 
     model_dir, data = tiny_vit

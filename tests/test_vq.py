@@ -24,10 +24,11 @@ from compressor.passes.gptvq import gptvq_quantize, update_codebook
 from compressor.passes.vq_refine import output_error, refine_assignment
 from compressor.pipeline import compress
 from compressor.quant_linear import QuantLinear
-from compressor.recipe import Recipe, load_recipe
-from exporters.checkpoint import load_compressed
+from compressor.recipe import CalibrationSettings, Recipe, load_recipe
+from compressor.checkpoint import load_compressed
 
 CALIBRATION = dict(calib_samples=24, sensitivity_samples=8, search_tokens=512, batch_size=8, max_length=32)
+
 QUERY = "encoder.layer.0.attention.self.query"
 
 
@@ -72,7 +73,9 @@ def test_bits_count_codebook_scales_and_padding():
     assert vq_bits_per_weight(2, 64, 384, 384) == pytest.approx(3 + 2048 / 384**2 + 16 / 384)
     # 10 columns = 5 indices of 6 bits per row, padded to 2 chunks of 4: 48 bits per row, not 30
     assert vq_bits_per_weight(2, 64, 4, 10) == pytest.approx((4 * 48 + 2048 + 4 * 16) / 40)
-    assert scheme_bits(SCHEMES["vq2"], 384, out_features=1536) == pytest.approx(vq_bits_per_weight(4, 256, 1536, 384))
+    # vq2 on a 1536 × 384 layer: 4 weights per 8-bit index (2 bits, 96 whole bytes per row), codebook
+    # 256·4·16 bits over 1536·384 weights = 1/36, a 16-bit scale per 384-weight row = 1/24
+    assert scheme_bits(SCHEMES["vq2"], 384, out_features=1536) == pytest.approx(2 + 1 / 36 + 1 / 24)
 
 
 def test_quantize_vq_lies_on_the_codebook():
@@ -213,12 +216,18 @@ def test_search_mixes_vq_with_scalar_formats_within_budget(tiny_bert_dir, calib_
 
 
 def test_vq_presets():
-    vq3 = load_recipe("vq3").find("quantize").config
-    assert vq3.scheme == "vq3" and vq3.max_bits == 3.0 and set(vq3.candidates) == {"vq3", "vq2", "w4a16-nvfp4", "w8a16-int8"}
+    vq3, vq2 = (load_recipe(name).find("quantize").config for name in ("vq3", "vq2"))
+    assert vq3.scheme == "vq3" and vq2.scheme == "vq2"
+    # With its codebooks and row scales vq3 costs more than 3 bits on MiniLM's 384 × 384 layers
+    # (3 + 64·2·16 / 384² + 16 / 384 ≈ 3.056), so its 3-bit budget must mix in the cheaper vq2.
+    query_bits = {c: scheme_bits(SCHEMES[c], 384, out_features=384) for c in vq3.candidates}
+    assert query_bits["vq3"] == pytest.approx(3 + 2048 / 384**2 + 16 / 384)
+    assert query_bits["vq2"] < vq3.max_bits < query_bits["vq3"]
     mix = load_recipe("vq-mix").find("quantize").config
-    assert mix.max_bits == 2.5 and {"vq2", "vq3", "w8a16-int8"} <= set(mix.candidates)
-    # GPTVQ's Hessians want more sentences than the 256 default; --num-samples still overrides it.
-    assert all(load_recipe(name).calibration.calib_samples == 1024 for name in ("vq3", "vq2", "vq-mix"))
+    assert {"vq2", "vq3"} <= set(mix.candidates) and mix.max_bits < vq3.max_bits
+    # GPTVQ's Hessians want more sentences than the default; --num-samples still overrides it.
+    default = CalibrationSettings().calib_samples
+    assert all(load_recipe(name).calibration.calib_samples > default for name in ("vq3", "vq2", "vq-mix"))
     assert load_recipe("vq2").with_calibration(calib_samples=8).calibration.calib_samples == 8
 
 

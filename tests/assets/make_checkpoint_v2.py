@@ -32,7 +32,7 @@ sentences = Path("compressor/data/sentences.txt")
 handle = compress(work, recipe, sentences, out)
 inputs = tok(["a man is playing a guitar", "the dog was running in the street with a ball"], padding=True,
              return_tensors="pt")
-from exporters.checkpoint import load_compressed
+from compressor.checkpoint import load_compressed
 re = load_compressed(out)
 with torch.no_grad():
     hidden = re.model(**inputs).last_hidden_state
