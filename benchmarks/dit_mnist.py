@@ -21,7 +21,8 @@ import torch
 
 from compressor.cli import plan_table
 from compressor.compare import markdown_table
-from compressor.evaluation.generated_images import SamplingSetup, compare_diffusion, images_from
+from compressor.compare import compare_diffusion
+from compressor.evaluation.generated_images import SamplingSetup, images_from
 from compressor.pipeline import compress
 from compressor.recipe import FLAT_PRESETS, flat_recipe, load_recipe
 from harness import RESULTS, ROOT, add_dit_arguments, format_counts, timed, write_results

@@ -163,7 +163,7 @@ def draw(handle, count: int, seed: int, steps: int = 25, guidance: float = 1.5, 
     sampling loop and the adapter, so it measures any version of the engine alike."""
     import torch
 
-    from compressor.diffusion.sampling import sample
+    from calibrators.sampling import sample
 
     adapter, model = handle.adapter, handle.model
     labels = torch.arange(count) % 10

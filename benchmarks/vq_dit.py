@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from compressor.evaluation.generated_images import SamplingSetup, compare_diffusion, images_from
+from compressor.compare import compare_diffusion
+from compressor.evaluation.generated_images import SamplingSetup, images_from
 from compressor.pipeline import compress
 from compressor.recipe import load_recipe
 from harness import RESULTS, add_dit_arguments, format_counts, write_results

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from compressor.diffusion.sampling import sample
+from calibrators.sampling import sample
 from compressor.errors import CompressorError
 
 

@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 from compressor.errors import CompressorError
+from compressor.numerics.formats import is_float_scheme
 from compressor.model import resolve_model_dir
 from compressor.recipe import PRESETS
 
@@ -71,7 +72,7 @@ def _sensitivity_cell(layer: dict) -> str:
     sensitivity = layer.get("sensitivity")
     if not sensitivity:
         return "-"
-    return " ".join(f"{scheme}={value:.2e}" for scheme, value in sensitivity.items() if scheme != "float")
+    return " ".join(f"{scheme}={value:.2e}" for scheme, value in sensitivity.items() if not is_float_scheme(scheme))
 
 
 def pruning_lines(record: dict) -> list[str]:
@@ -135,7 +136,7 @@ def plan_table(record: dict) -> str:
 
 
 def _export(args) -> None:
-    from exporters.atomic import check_can_write
+    from compressor.atomic import check_can_write
 
     # Argument checks first: they need no model.
     shape_texts = {"--min-shapes": args.min_shapes, "--opt-shapes": args.opt_shapes, "--max-shapes": args.max_shapes}

@@ -14,11 +14,12 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from compressor.errors import CompressorError
+from compressor.numerics.formats import is_float_scheme
 from compressor.evaluation import evaluator_class, evaluator_for
 from compressor.evaluation.base import Candidate, CompareOptions, TaskEvaluator
 from compressor.evaluation.onnx_runner import median_latencies
 from compressor.quant_linear import QuantLinear
-from exporters.atomic import atomic_directory, check_can_write
+from compressor.atomic import atomic_directory, check_can_write
 from compressor.checkpoint import checkpoint_bytes, is_compressed_checkpoint, load_any
 from exporters.onnx_export import export_onnx, onnx_session
 
@@ -41,7 +42,7 @@ def _describe(handle) -> dict:
         "bits_per_weight": handle.info.get("bits_per_weight", 32.0),
         "formats": formats,
         "int8_layers": formats.get("int8", 0),
-        "float_layers": [layer["name"] for layer in layers if layer["format"] == "float"],
+        "float_layers": [layer["name"] for layer in layers if is_float_scheme(layer["format"])],
         "embeddings": [f"{t['name']}: {t['format']}" for t in handle.info.get("embeddings", [])],
         "pruned": bool(handle.info.get("structure")),
         **_macs_and_sparsity(handle),
@@ -186,3 +187,14 @@ def markdown_table(report: dict) -> str:
 
 def format_console_table(report: dict) -> str:
     return markdown_table(report).split("\n\n")[0]
+
+
+def compare_diffusion(model_dir, compressed_dirs: list, report_dir, setup, judge_path=None,
+                      real_images=None, latency_batch: int = 16, threads: int = 2,
+                      repeats: int = 15, overwrite: bool = False) -> dict:
+    """`compressor compare` for a DiT with a given sampling setup and real images already loaded."""
+    from compressor.evaluation.generated_images import GeneratedImages
+
+    evaluator = GeneratedImages(setup, judge_path, real_images, latency_batch)
+    return compare(model_dir, compressed_dirs, None, report_dir, threads=threads, repeats=repeats,
+                   overwrite=overwrite, evaluator=evaluator)

@@ -15,7 +15,7 @@ from compressor.passes.precision_search import average_bits
 from compressor.passes.results import (Fallback, PrunedStructure, QuantizationPlan, QuantizedEmbeddings, Sparsity,
                                        TokenReduction)
 from compressor.recipe import Recipe
-from exporters.atomic import check_can_write
+from compressor.atomic import check_can_write
 from exporters.checkpoint import save_compressed
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from pydantic import Field, ValidationError
 
 from compressor.errors import CompressorError
+from compressor.numerics.formats import SCHEMES, is_float_scheme
 from compressor.passes import PASSES
 from compressor.passes.base import STAGES, Pass, PassConfig, missing_results
 
@@ -252,8 +253,9 @@ def flat_recipe(fields: dict, where: str = "recipe") -> Recipe:
         if not isinstance(f[flag], bool):
             raise CompressorError(f"{where}: field '{flag}': expected true or false, got {f[flag]!r}")
     passes: list = []
-    w8a8 = f["scheme"] == "int8" or "int8" in f["candidates"] or "int8" in f["formats"].values()
-    if f["smoothquant"] and w8a8:  # SmoothQuant only ever changes W8A8 INT8 layers
+    schemes = {f["scheme"], *f["candidates"], *f["formats"].values()}
+    smoothquant_applies = any(SCHEMES[s].migration == "smoothquant" for s in schemes if s in SCHEMES)
+    if f["smoothquant"] and smoothquant_applies:  # SmoothQuant only ever changes W8A8 INT8 layers
         passes.append({"smoothquant": {"alphas": f["alphas"]}})
     if f["awq"]:
         passes.append({"awq": {}})
@@ -261,7 +263,7 @@ def flat_recipe(fields: dict, where: str = "recipe") -> Recipe:
     if f["fallback_max_layers"]:
         passes.append({"fallback": {"max_layers": f["fallback_max_layers"], "min_gain": f["fallback_min_gain"],
                                     "tolerance": f["fallback_tolerance"]}})
-    if f["embeddings"] != "float":
+    if not is_float_scheme(f["embeddings"]):
         passes.append({"embeddings": {"format": f["embeddings"], "group_size": f["group_size"], "symmetric": f["symmetric"]}})
     calibration = {k: f[k] for k in _CALIBRATION_FIELDS}
     try:

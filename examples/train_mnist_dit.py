@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from compressor.diffusion.sampling import sample
+from calibrators.sampling import sample
 from mnist_data import load_mnist
 from mnist_judge import DigitJudge, export_torchscript, save_weights
 

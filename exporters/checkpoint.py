@@ -12,7 +12,7 @@ from compressor.checkpoint import FORMAT_VERSION, RECORD_FILE, WEIGHTS_FILE
 from compressor.model import ModelHandle
 from compressor.numerics.formats import SCHEMES, is_float_scheme
 from compressor.sparse_storage import pack_sparse_state
-from exporters.atomic import atomic_directory
+from compressor.atomic import atomic_directory
 
 
 def model_card(record: dict) -> str:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from compressor.diffusion.step_cache import apply_step_cache, remove_step_cache, step_cache_of
 from compressor.errors import CompressorError
 from compressor.model import ModelHandle
-from exporters.atomic import atomic_directory
+from compressor.atomic import atomic_directory
 
 PARTS = {
     "head": (("hidden_states", "timestep", "class_labels"), ("first_block_output", "first_block_residual")),

@@ -27,7 +27,7 @@ from torch import nn
 from compressor.errors import CompressorError
 from compressor.model import ModelHandle
 from compressor.quant_linear import QuantLinear
-from exporters.atomic import atomic_file
+from compressor.atomic import atomic_file
 from exporters.cpu_features import default_int8_weights
 from exporters.onnx_lowbit import (
     DOMAIN,

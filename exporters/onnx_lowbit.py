@@ -95,6 +95,7 @@ from exporters.onnx_codebook import (
 )
 
 DOMAIN = "compressor"  # placeholders; none survive lowering
+OPSET_17_WEIGHTS = frozenset({"int8"})  # weight formats whose DequantizeLinear opset 17 already has
 TRT_OPSET, TRT_IR_VERSION = 23, 11
 NVFP4_BLOCK = 16
 
@@ -181,9 +182,37 @@ class _IntegerMatMul(torch.autograd.Function):
         return out
 
 
+# Schemes a target computes with an integer GEMM on the unquantized input (W8A8 INT8: ONNX Runtime's
+# CPU provider), per target.
+INTEGER_GEMM_SCHEMES = {"onnxruntime": frozenset({"int8"})}
+
+
 def integer_gemm(layer: QuantLinear, target: str) -> bool:
-    """W8A8 INT8 on ONNX Runtime runs the CPU provider's integer GEMM."""
-    return target == "onnxruntime" and layer.format.name == "int8" and layer.scheme.activation == "int8"
+    return layer.scheme.name in INTEGER_GEMM_SCHEMES.get(target, frozenset())
+
+
+# "target:input format" → how the trace quantizes a layer's input. Anything not listed traces as the
+# float ops of the eager fake quantization (MXFP4 anywhere, FP8/NVFP4 for ONNX Runtime, which has no
+# such CPU kernels), so the graph computes PyTorch's numbers.
+TRACED_INPUTS = Registry("ONNX input quantization")
+
+
+def _qdq_int8_input(layer, x, key):
+    return _Int8InputQDQ.apply(x, layer.input_scale)
+
+
+def _placeholder_input(layer, x, key):
+    return _QuantizeInput.apply(x, layer.input_scale, layer.scheme.activation, key)
+
+
+for _target in ("onnxruntime", "tensorrt"):
+    TRACED_INPUTS.register(f"{_target}:int8")(_qdq_int8_input)
+for _activation in ("fp8", "nvfp4"):
+    TRACED_INPUTS.register(f"tensorrt:{_activation}")(_placeholder_input)
+
+
+def _float_input(layer, x, key):
+    return layer.scheme.input.fake_quantize(x, layer.input_scale)
 
 
 def quant_linear_export_fn(target: str, key: str):
@@ -195,15 +224,9 @@ def quant_linear_export_fn(target: str, key: str):
         if layer.rotation:
             h = hadamard_matrix(layer.rotation, x.dtype, x.device)  # only for the trace's numbers; lowered to an initializer
             x = _RotateInput.apply(x, h, layer.rotation, x.dim(), key)
-        activation = layer.scheme.activation
         if integer_gemm(layer, target):
             return _IntegerMatMul.apply(x, layer.dequantized_weight(), layer.bias, layer.input_scale, key)
-        if activation == "int8":
-            x = _Int8InputQDQ.apply(x, layer.input_scale)
-        elif target == "tensorrt" and activation in ("fp8", "nvfp4"):
-            x = _QuantizeInput.apply(x, layer.input_scale, activation, key)
-        else:  # float ops: MXFP4 anywhere, FP8/NVFP4 for ONNX Runtime (no such CPU kernels)
-            x = fake_quantize_input(activation, x, layer.input_scale)
+        x = TRACED_INPUTS.get(f"{target}:{layer.scheme.activation}", _float_input)(layer, x, key)
         return _QuantMatMul.apply(x, layer.dequantized_weight(), layer.bias, key)
 
     return run
@@ -282,31 +305,16 @@ class _Lowering:
 
     # inputs (TensorRT only: ONNX Runtime gets float ops at trace time)
     def _quantize_input(self, key: str, fmt: str, x: str, scale: str, out: str) -> None:
-        if fmt == "fp8":
-            zero = self.init(_raw(f"{key}.input_zero_point", TensorProto.FLOAT8E4M3FN, [], torch.zeros((), dtype=torch.uint8)))
-            q = self.node("QuantizeLinear", [x, scale, zero], f"{key}.input_fp8")
-            self.node("DequantizeLinear", [q, scale, zero], out)
-        elif fmt == "nvfp4":
-            self.domains.add("trt")
-            q, block_scale = f"{key}.input_fp4", f"{key}.input_block_scale"
-            self.nodes.append(helper.make_node(
-                "TRT_FP4DynamicQuantize", [x, scale], [q, block_scale], name=q, domain="trt",
-                axis=-1, block_size=NVFP4_BLOCK, scale_type=TensorProto.FLOAT8E4M3FN,
-            ))
-            # The custom op has no schema: declare its output types for checkers and parsers.
-            self.model.graph.value_info.extend([
-                helper.make_tensor_value_info(q, TensorProto.FLOAT4E2M1, None),
-                helper.make_tensor_value_info(block_scale, TensorProto.FLOAT8E4M3FN, None),
-            ])
-            scales = self.node("DequantizeLinear", [block_scale, scale], f"{key}.input_block_scale_dq")
-            self.node("DequantizeLinear", [q, scales], out, axis=-1, block_size=NVFP4_BLOCK)
-        else:
+        lower = TENSORRT_INPUT_PATTERNS.get(fmt)
+        if lower is None:
             raise ValueError(f"no TensorRT input pattern for {fmt!r}")
+        lower(self, key, x, scale, out)
 
     def _matmul(self, key: str, layer: QuantLinear, x: str, bias: str, out: str) -> None:
         has_bias = bool(bias)
-        if self.target == "onnxruntime" and layer.format.name == "int4":
-            self._matmul_nbits(key, layer, x, bias, out)
+        kernel = MATMUL_KERNELS.get(f"{self.target}:{layer.format.name}")
+        if kernel is not None:  # a runtime kernel that takes the stored weight as it is
+            kernel(self, key, layer, x, bias, out)
             return
         # Every other weight is decoded to float [out, in] by graph nodes from its stored tensors.
         w_t = self.node("Transpose", [self._weight_dq(key, layer)], f"{key}.weight_t", perm=[1, 0])
@@ -332,12 +340,7 @@ class _Lowering:
         zero = self.array(f"{key}.input_zero_point", torch.tensor(128, dtype=torch.uint8))
         xq = self.node("QuantizeLinear", [x, scale, zero], f"{key}.input_uint8")
         t = layer.stored_weight()
-        if self.int8_weights == "int8":
-            w_t = self.array(f"{key}.weight", t["values"].t().to(torch.int8).contiguous())
-            w_zero = self.array(f"{key}.weight_zero_point", torch.tensor(0, dtype=torch.int8))
-        else:
-            w_t = self.array(f"{key}.weight", (t["values"].t().to(torch.int16) + 128).to(torch.uint8))
-            w_zero = zero
+        w_t, w_zero = INTEGER_GEMM_WEIGHTS.lookup(self.int8_weights)(self, key, t["values"].t(), zero)
         inputs = [xq, w_t, scale, self.array(f"{key}.weight_scale", t["scale"]), zero, w_zero]
         if bias:
             inputs.append(bias)
@@ -364,6 +367,54 @@ class _Lowering:
             K=k, N=n, bits=4, block_size=group,
         ))
 
+
+def _signed_weight(low: "_Lowering", key: str, values: torch.Tensor, input_zero: str) -> tuple[str, str]:
+    return (low.array(f"{key}.weight", values.to(torch.int8).contiguous()),
+            low.array(f"{key}.weight_zero_point", torch.tensor(0, dtype=torch.int8)))
+
+
+def _shifted_weight(low: "_Lowering", key: str, values: torch.Tensor, input_zero: str) -> tuple[str, str]:
+    return low.array(f"{key}.weight", (values.to(torch.int16) + 128).to(torch.uint8)), input_zero
+
+
+# How W8A8 weights feed MatMulIntegerToFloat (``int8_weights``): int8 with zero point 0 (u8·s8), or
+# shifted to uint8 with the input's zero point 128 (u8·u8, the same numbers).
+INTEGER_GEMM_WEIGHTS = Registry("int8 weight type")
+INTEGER_GEMM_WEIGHTS.register("int8")(_signed_weight)
+INTEGER_GEMM_WEIGHTS.register("uint8")(_shifted_weight)
+
+
+def _fp8_input(low: "_Lowering", key: str, x: str, scale: str, out: str) -> None:
+    zero = low.init(_raw(f"{key}.input_zero_point", TensorProto.FLOAT8E4M3FN, [], torch.zeros((), dtype=torch.uint8)))
+    q = low.node("QuantizeLinear", [x, scale, zero], f"{key}.input_fp8")
+    low.node("DequantizeLinear", [q, scale, zero], out)
+
+
+def _nvfp4_input(low: "_Lowering", key: str, x: str, scale: str, out: str) -> None:
+    low.domains.add("trt")
+    q, block_scale = f"{key}.input_fp4", f"{key}.input_block_scale"
+    low.nodes.append(helper.make_node(
+        "TRT_FP4DynamicQuantize", [x, scale], [q, block_scale], name=q, domain="trt",
+        axis=-1, block_size=NVFP4_BLOCK, scale_type=TensorProto.FLOAT8E4M3FN,
+    ))
+    # The custom op has no schema: declare its output types for checkers and parsers.
+    low.model.graph.value_info.extend([
+        helper.make_tensor_value_info(q, TensorProto.FLOAT4E2M1, None),
+        helper.make_tensor_value_info(block_scale, TensorProto.FLOAT8E4M3FN, None),
+    ])
+    scales = low.node("DequantizeLinear", [block_scale, scale], f"{key}.input_block_scale_dq")
+    low.node("DequantizeLinear", [q, scales], out, axis=-1, block_size=NVFP4_BLOCK)
+
+
+# Input format → the TensorRT nodes that quantize a layer's input (the placeholders of TRACED_INPUTS).
+TENSORRT_INPUT_PATTERNS = Registry("TensorRT input format")
+TENSORRT_INPUT_PATTERNS.register("fp8")(_fp8_input)
+TENSORRT_INPUT_PATTERNS.register("nvfp4")(_nvfp4_input)
+
+# "target:weight format" → a kernel that takes the stored weight as it is (INT4 → MatMulNBits on ONNX
+# Runtime); every other layer dequantizes its weight in the graph and runs MatMul.
+MATMUL_KERNELS = Registry("ONNX matmul kernel")
+MATMUL_KERNELS.register("onnxruntime:int4")(_Lowering._matmul_nbits)
 
 # Weight format → the nodes that dequantize its stored tensors (``t``) into a float [out, in] tensor.
 WEIGHT_DEQUANTIZERS = Registry("ONNX weight format")
@@ -492,7 +543,7 @@ def lower_quant_linears(model: onnx.ModelProto, layers: dict[str, QuantLinear], 
     For TensorRT the model is first converted to opset 23 / IR 11 (returns a new ModelProto).
     """
     # W8A8-only graphs keep opset 17; FP4, INT4, FP8 and blocked DequantizeLinear need opset 23.
-    if target == "tensorrt" and any(layer.format.name != "int8" for layer in layers.values()):
+    if target == "tensorrt" and any(layer.format.name not in OPSET_17_WEIGHTS for layer in layers.values()):
         model = version_converter.convert_version(model, TRT_OPSET)
         model.ir_version = TRT_IR_VERSION
     _Lowering(model, layers, target, int8_weights).run()
@@ -511,6 +562,36 @@ _ORT_INT3 = "float MatMul on INT3 weights decoded in the graph from packed 3-bit
 _ORT_DQ = "float MatMul on INT8 weights dequantized in the graph (DequantizeLinear)"
 
 
+# Weight format → what computes a layer on ONNX Runtime (anything else: _ORT_DECODED).
+ORT_KERNELS = {"int4": _ORT_NBITS, "int8": _ORT_DQ, "vq": _ORT_VQ, "int3": _ORT_INT3}
+# Schemes TensorRT computes in their own precision, weights and inputs alike.
+TENSORRT_NATIVE = {
+    "int8": "INT8 GEMM (Q/DQ)",
+    "fp8": "FP8 GEMM (Q/DQ, Ada/Hopper and newer)",
+    "nvfp4": "NVFP4 GEMM (FP4 tensor cores on Blackwell SM100+; dequantized to a wider GEMM elsewhere)",
+    "mxfp4": "MXFP4 weights dequantized for a float GEMM; inputs fake-quantized in float ops",
+}
+
+
+def _vq_on_tensorrt(layer) -> str:
+    inputs = f", {layer.scheme.activation.upper()} Q/DQ inputs" if layer.scheme.input.has_static_scale else ""
+    return f"VQ weights decoded in the graph (codebook Gather on packed indices) feeding a float GEMM{inputs}"
+
+
+def _int4_on_tensorrt(layer) -> str | None:
+    if bool((layer.weight_zero == 8).all()):
+        return None
+    return "asymmetric INT4: valid ONNX (UINT4 + zero points), but TensorRT takes symmetric quantization only"
+
+
+# Weight format → what TensorRT makes of it, where the weight alone decides (None: the scheme decides).
+TENSORRT_WEIGHT_KERNELS = {
+    "int3": lambda layer: "INT3 weights decoded in the graph from packed codes feeding a float GEMM",
+    "vq": _vq_on_tensorrt,
+    "int4": _int4_on_tensorrt,
+}
+
+
 def _kernel(layer: nn.Module, target: str) -> str | None:
     if not isinstance(layer, QuantLinear):
         return None
@@ -518,22 +599,14 @@ def _kernel(layer: nn.Module, target: str) -> str | None:
         return _ORT_INT8
     weight, activation = layer.format.name, layer.scheme.activation
     if target == "onnxruntime":
-        return {"int4": _ORT_NBITS, "int8": _ORT_DQ, "vq": _ORT_VQ, "int3": _ORT_INT3}.get(weight, _ORT_DECODED)
-    if weight == "int3":
-        return "INT3 weights decoded in the graph from packed codes feeding a float GEMM"
-    if weight == "vq":
-        inputs = "" if activation == "none" else f", {activation.upper()} Q/DQ inputs"
-        return f"VQ weights decoded in the graph (codebook Gather on packed indices) feeding a float GEMM{inputs}"
-    if weight == "int4" and not bool((layer.weight_zero == 8).all()):
-        return "asymmetric INT4: valid ONNX (UINT4 + zero points), but TensorRT takes symmetric quantization only"
-    if weight == activation:
-        return {
-            "int8": "INT8 GEMM (Q/DQ)",
-            "fp8": "FP8 GEMM (Q/DQ, Ada/Hopper and newer)",
-            "nvfp4": "NVFP4 GEMM (FP4 tensor cores on Blackwell SM100+; dequantized to a wider GEMM elsewhere)",
-            "mxfp4": "MXFP4 weights dequantized for a float GEMM; inputs fake-quantized in float ops",
-        }[weight]
-    if activation == "none":
+        return ORT_KERNELS.get(weight, _ORT_DECODED)
+    by_weight = TENSORRT_WEIGHT_KERNELS.get(weight)
+    described = by_weight(layer) if by_weight is not None else None
+    if described is not None:
+        return described
+    if layer.scheme.name in TENSORRT_NATIVE:
+        return TENSORRT_NATIVE[layer.scheme.name]
+    if layer.scheme.input.block is None and not layer.scheme.input.has_static_scale:
         return f"{weight.upper()} weight-only: DequantizeLinear feeding a float/half GEMM"
     return f"{weight.upper()} weights (DequantizeLinear) with {activation.upper()} Q/DQ inputs; TensorRT picks the GEMM"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from compressor.errors import CompressorError
-from exporters.atomic import atomic_file, check_can_write
+from compressor.atomic import atomic_file, check_can_write
 
 # min / opt / max for the dynamic dimension names the exporters write.
 DEFAULT_RANGES: dict[str, tuple[int, int, int]] = {

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from compressor.diffusion.sampling import sample
+from calibrators.sampling import sample
 from compressor.diffusion.step_cache import apply_step_cache, remove_step_cache, step_cache_of
 from compressor.errors import CompressorError
 

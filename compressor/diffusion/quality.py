@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from scipy import linalg
 
-from exporters.atomic import atomic_file
+from compressor.atomic import atomic_file
 
 from ..errors import CompressorError
 

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from compressor.diffusion.quality import frechet_distance, judge_scores, psnr, save_sample_grid, ssim
-from compressor.diffusion.sampling import sample
+from calibrators.sampling import sample
 from compressor.diffusion.step_cache import step_cache_of
 from compressor.errors import CompressorError
 from compressor.evaluation.base import Candidate, Column, CompareOptions, TaskEvaluator
@@ -181,14 +181,3 @@ class GeneratedImages(TaskEvaluator):
             for name, images in self.images.items():
                 np.savez(out / "samples" / f"{name}.npz", images=images.numpy().astype(np.float32),
                          labels=self.labels.numpy())
-
-
-def compare_diffusion(model_dir, compressed_dirs: list, report_dir, setup: SamplingSetup, judge_path=None,
-                      real_images: torch.Tensor | None = None, latency_batch: int = 16, threads: int = 2,
-                      repeats: int = 15, overwrite: bool = False) -> dict:
-    """`compressor compare` for a DiT with a given sampling setup and real images already loaded."""
-    from compressor.compare import compare
-
-    evaluator = GeneratedImages(setup, judge_path, real_images, latency_batch)
-    return compare(model_dir, compressed_dirs, None, report_dir, threads=threads, repeats=repeats,
-                   overwrite=overwrite, evaluator=evaluator)

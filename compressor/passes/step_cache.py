@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from compressor.diffusion.sampling import sample
+from calibrators.sampling import sample
 from compressor.diffusion.step_cache import apply_step_cache, remove_step_cache
 from compressor.errors import CompressorError
 from compressor.passes.base import PASSES, Pass, PassConfig
