@@ -17,10 +17,16 @@ from compressor.recipe import Recipe, load_recipe  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 STS_DEV = SHARED_DATA / "stsb" / "sts-dev.csv"
+MNIST = SHARED_DATA / "mnist"
 
 # Small enough to keep the session fast, large enough to exercise every pass (smoothing search,
 # percentile calibration, sensitivity fallback).
 TEST_RECIPE = dict(calib_samples=48, sensitivity_samples=16, search_tokens=1024)
+
+
+def pytest_configure(config):
+    # registered here because the pytest section of pyproject.toml lists no markers
+    config.addinivalue_line("markers", "slow: a test that runs for over a minute (select or skip with -m)")
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +68,14 @@ def sts_dev() -> Path:
     if not STS_DEV.is_file():
         pytest.skip(f"shared STS-B dev data not found at {STS_DEV}")
     return STS_DEV
+
+
+@pytest.fixture(scope="session")
+def mnist() -> Path:
+    """The shared MNIST IDX files (the examples' data), or a skip."""
+    if not any(MNIST.glob("*images-idx3-ubyte*")):
+        pytest.skip(f"shared MNIST data not found at {MNIST}")
+    return MNIST
 
 
 @pytest.fixture(scope="session")

@@ -254,7 +254,11 @@ def test_compress_overwrite_replaces_directory(capsys, minilm_dir, calib_file, t
                  "--calib-data", str(calib_file), "--output", str(out), "--overwrite"])
     assert code == 0
     captured = capsys.readouterr()
-    assert "36 layers: 36 int8; 8.06" in captured.out and f"wrote {out}" in captured.out
+    # int8-minmax quantizes all 36 Linears (6 blocks of query/key/value/output 384 × 384, FFN 1536 × 384 and
+    # 384 × 1536) at 8 bits plus a 32-bit scale per output row:
+    # 8 + 32 · (4·384 + 1536 + 384) / (4·384² + 2·1536·384) = 8 + 110592 / 1769472 = 8.0625
+    assert f"36 layers: 36 int8; {8.0625:.3f} effective bits per weight" in captured.out
+    assert f"wrote {out}" in captured.out
     assert "MB on disk" in captured.out and "x the original's" in captured.out
     names = {p.name for p in out.iterdir()}
     assert "stale.txt" not in names
@@ -263,6 +267,7 @@ def test_compress_overwrite_replaces_directory(capsys, minilm_dir, calib_file, t
     assert record["recipe"]["name"] == "int8-minmax" and record["recipe"]["calibration"]["calib_samples"] == 8
     assert record["calibration"]["samples"] == 8
     assert record["fallback"] == []
+    assert record["bits_per_weight"] == pytest.approx(8.0625)
     assert all(layer["smoothing_alpha"] is None for layer in record["layers"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no partial or old copies left
 

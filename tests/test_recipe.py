@@ -4,6 +4,7 @@ import pytest
 
 from compressor.cli import main
 from compressor.errors import CompressorError
+from compressor.numerics.formats import SCHEMES, scheme_bits
 from compressor.passes import PASSES
 from compressor.recipe import FLAT_PRESETS, PRESETS, Recipe, flat_recipe, load_recipe
 
@@ -18,20 +19,74 @@ def names(recipe):
     return [p.name for p in recipe.passes]
 
 
-def test_presets_are_pass_lists():
-    flat = {"int8", "int8-minmax", "nvfp4", "mxfp4", "w4a16-nvfp4", "int4-awq", "fp8", "fp4-int8", "w4a8"}
-    pruning = {"prune-structured", "prune-structured-int8", "sparse24", "sparse24-int8", "sparse24-w4a16-nvfp4"}
-    tokens = {"tome", "tome-int8", "step-cache", "step-cache-int8"}
-    vq = {"vq3", "vq2", "vq-mix"}
-    assert set(PRESETS) == flat | pruning | tokens | vq
-    assert set(FLAT_PRESETS) == flat  # flat recipe files predate pruning
+# A preset's name is its contract: a leading family names a pass, what follows names the quantization
+# ("tome-int8" = token merging after W8A8; "sparse24" alone stays in float).
+FAMILIES = {"prune-structured": "prune_structured", "sparse24": "sparsify", "tome": "tome", "step-cache": "step_cache"}
+# MiniLM's Linear shapes per block (out, in): query/key/value/output, then the two FFN layers.
+MINILM_LINEARS = [(384, 384)] * 4 + [(1536, 384), (384, 1536)]
+
+
+def split_name(name: str) -> tuple[str | None, str]:
+    """("tome", "int8") for "tome-int8", ("tome", "") for "tome", (None, "nvfp4") for "nvfp4"."""
+    for family in FAMILIES:
+        if name == family or name.startswith(family + "-"):
+            return family, name[len(family) + 1:]
+    return None, name
+
+
+def minilm_bits(scheme: str, config) -> float:
+    """Weight-count-weighted bits per weight of one scheme on every MiniLM Linear."""
+    total = sum(o * i for o, i in MINILM_LINEARS)
+    return sum(scheme_bits(SCHEMES[scheme], i, config.group_size, config.symmetric, out_features=o) * o * i
+               for o, i in MINILM_LINEARS) / total
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_preset_runs_what_its_name_says(preset):
+    recipe = load_recipe(preset)
+    assert recipe.name == preset and set(names(recipe)) <= set(PASSES)
+    assert Recipe.from_dict(recipe.to_dict()).to_dict() == recipe.to_dict()
+    family, quantization = split_name(preset)
+    assert set(names(recipe)) & set(FAMILIES.values()) == ({FAMILIES[family]} if family else set())
+    assert (recipe.find("quantize") is not None) == bool(quantization)
+    if family == "sparse24":
+        assert recipe.find("sparsify").config.target == "2:4"
+    if quantization in SCHEMES:
+        assert recipe.find("quantize").config.scheme == quantization
+    if family and quantization:  # a combination runs both presets' passes, the quantization's scheme unchanged
+        alone = load_recipe(quantization)
+        assert sorted(names(recipe)) == sorted(names(load_recipe(family)) + names(alone))
+        assert recipe.find("quantize").config.scheme == alone.find("quantize").config.scheme
+
+
+def test_quantization_preset_names():
+    # int8 is W8A8 with outlier handling (SmoothQuant) and the float fallback; -minmax drops both for max ranges
     assert names(load_recipe("int8")) == ["smoothquant", "quantize", "fallback"]
-    assert names(load_recipe("int8-minmax")) == ["quantize"]
+    minmax = load_recipe("int8-minmax")
+    assert names(minmax) == ["quantize"] and minmax.find("quantize").config.observer == "max"
+    # int4-awq: AWQ's scaling, then 4-bit INT weights; w4a8: 4-bit (NVFP4) weights with 8-bit inputs
     assert names(load_recipe("int4-awq")) == ["awq", "quantize"]
-    assert names(load_recipe("tome-int8")) == ["smoothquant", "quantize", "fallback", "tome"]
+    assert SCHEMES[load_recipe("int4-awq").find("quantize").config.scheme].weight == "int4"
+    assert load_recipe("w4a8").find("quantize").config.scheme == "w4a8-nvfp4"
+    # fp4-int8 chooses per layer between FP4 and INT8 weights
     fp4 = load_recipe("fp4-int8").find("quantize").config
-    assert fp4.candidates == ["nvfp4", "w4a8-nvfp4", "int8"] and fp4.max_bits == 5.0 and fp4.rounding == "gptq"
-    assert load_recipe("int8-minmax").find("quantize").config.observer == "max"
+    assert {SCHEMES[c].weight for c in fp4.candidates} == {"nvfp4", "int8"}
+
+
+@pytest.mark.parametrize("preset", [p for p in sorted(PRESETS)
+                                    if (q := load_recipe(p).find("quantize")) and q.config.candidates])
+def test_searching_preset_budget_leaves_a_choice_on_minilm(preset):
+    """Below the cheapest candidate no plan fits the budget; at or above the dearest there is nothing to
+    search. The preset's own scheme is among the candidates."""
+    config = load_recipe(preset).find("quantize").config
+    costs = [minilm_bits(c, config) for c in config.candidates]
+    assert config.scheme in config.candidates
+    assert min(costs) <= config.max_bits < max(costs)
+
+
+def test_flat_presets_are_current_presets_without_a_family():
+    assert set(FLAT_PRESETS) <= set(PRESETS)
+    assert all(split_name(name)[0] is None for name in FLAT_PRESETS)  # flat recipe files predate pruning
 
 
 @pytest.mark.parametrize("preset", sorted(FLAT_PRESETS))
