@@ -8,6 +8,19 @@ from pathlib import Path
 from compressor.errors import CompressorError
 
 
+def raw_config(path: Path) -> dict:
+    """config.json as written (no architecture built), so an adapter can tell whether a checkpoint is its
+    family before any library has to understand the file."""
+    try:
+        with open(path / "config.json", encoding="utf-8") as f:
+            config = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise CompressorError(f"{path / 'config.json'} is not valid JSON: {exc}") from None
+    except OSError as exc:
+        raise CompressorError(f"cannot read {path / 'config.json'}: {first_line(exc)}") from None
+    return config if isinstance(config, dict) else {}
+
+
 def read_config(path: Path):
     from transformers import AutoConfig
 

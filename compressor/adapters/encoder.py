@@ -10,7 +10,7 @@ from torch import nn
 
 from compressor.adapters.base import ADAPTERS, AttentionLayout, Capabilities, ModelAdapter, TokenLayout, TokenMerging
 from compressor.errors import CompressorError
-from compressor.files import check_safetensors, first_line, load_tokenizer, read_config
+from compressor.files import check_safetensors, first_line, load_tokenizer, raw_config, read_config
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
 
@@ -71,8 +71,9 @@ class EncoderAdapter(ModelAdapter):
 
     @classmethod
     def for_directory(cls, path: Path) -> "EncoderAdapter | None":
-        config = read_config(path)
-        return cls(path, config) if getattr(config, "model_type", None) in cls.model_types else None
+        if raw_config(path).get("model_type") not in cls.model_types:
+            return None
+        return cls(path, read_config(path))
 
     def load(self) -> nn.Module:
         from transformers import AutoModel

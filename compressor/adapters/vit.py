@@ -12,7 +12,7 @@ from torch import nn
 from compressor.adapters.base import ADAPTERS, AttentionLayout, Capabilities, ModelAdapter, TokenLayout, TokenMerging
 from compressor.adapters.encoder import eager_attention
 from compressor.errors import CompressorError
-from compressor.files import read_config
+from compressor.files import raw_config, read_config
 
 
 @ADAPTERS.register("image-classification")
@@ -27,8 +27,9 @@ class VisionTransformerAdapter(ModelAdapter):
 
     @classmethod
     def for_directory(cls, path: Path) -> "VisionTransformerAdapter | None":
-        config = read_config(path)
-        return cls(path, config) if getattr(config, "model_type", None) in cls.model_types else None
+        if raw_config(path).get("model_type") not in cls.model_types:
+            return None
+        return cls(path, read_config(path))
 
     def _is_bare_encoder(self) -> bool:
         return "ViTModel" in (getattr(self.config, "architectures", None) or [])
