@@ -32,7 +32,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -151,7 +150,9 @@ def judge_accuracy(judge, images, batch: int = 200) -> float:
 
 def format_counts(layers: Iterable[Mapping]) -> dict[str, int]:
     """How many layers of a compression record hold each format."""
-    return dict(Counter(layer["format"] for layer in layers))
+    from compressor.passes.plan import scheme_counts
+
+    return scheme_counts(layers)
 
 
 # --- sampling the example DiT ------------------------------------------------------------------
@@ -270,16 +271,27 @@ def _torch_threads() -> int | None:
     return torch.get_num_threads()
 
 
-def provenance() -> dict:
-    """Where a result came from: the repository's commit (None outside a git checkout) and whether its
-    tracked files differ from it, the UTC time, the Python and package versions, the CPU and the threads."""
+def _code_state() -> tuple[str | None, str | None]:
     commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return commit, _git("status", "--porcelain", "--untracked-files=no") if commit else None
+
+
+# The code a run measures is the code it started with: later commits in the same checkout must not be
+# credited with its figures.
+_STARTED = (*_code_state(), datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def provenance() -> dict:
+    """Where a result came from: the repository's commit when the run started (None outside a git checkout)
+    and whether its tracked files differed from it, the UTC times the run started and this was written, the
+    Python and package versions, the CPU and the threads."""
+    commit, status, started = _STARTED
     versions = {name: _version(name) for name in REQUIRED_PACKAGES}
     versions.update({name: v for name in OPTIONAL_PACKAGES if (v := _version(name)) is not None})
     return {
         "commit": commit.strip() if commit else None,
         "dirty": bool(status.strip()) if status is not None else None,
+        "started_utc": started,
         "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "versions": versions,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from compressor.errors import CompressorError
 from compressor.numerics.formats import is_float_scheme
+from compressor.passes.plan import scheme_counts
 from compressor.model import resolve_model_dir
 from compressor.recipe import PRESETS
 
@@ -101,10 +102,7 @@ def plan_table(record: dict) -> str:
             f"{layer['name']:<44} {layer['format']:<12} {layer.get('bits', 0):>5.2f} {layer['input_amax']:>10.3f} "
             f"{alpha:>5}  {_sensitivity_cell(layer):<30} {layer['note']}"
         )
-    counts: dict[str, int] = {}
-    for layer in record["layers"]:
-        counts[layer["format"]] = counts.get(layer["format"], 0) + 1
-    summary = ", ".join(f"{n} {scheme}" for scheme, n in counts.items())
+    summary = ", ".join(f"{n} {scheme}" for scheme, n in scheme_counts(record["layers"]).items())
     lines.append(f"{len(record['layers'])} layers: {summary}; "
                  f"{record.get('bits_per_weight', 0):.3f} effective bits per weight")
     kept = [layer for layer in record["layers"] if not layer.get("in_budget", True)]

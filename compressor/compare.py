@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from compressor.errors import CompressorError
 from compressor.numerics.formats import is_float_scheme
+from compressor.passes.plan import scheme_counts
 from compressor.evaluation import evaluator_class, evaluator_for
 from compressor.evaluation.base import Candidate, CompareOptions, TaskEvaluator
 from compressor.evaluation.onnx_runner import median_latencies
@@ -34,9 +35,7 @@ SPARSE_CPU_NOTE = (
 
 def _describe(handle) -> dict:
     layers = handle.info.get("layers", [])
-    formats: dict[str, int] = {}
-    for layer in layers:
-        formats[layer["format"]] = formats.get(layer["format"], 0) + 1
+    formats = scheme_counts(layers)
     return {
         "recipe": handle.info.get("recipe", {}).get("name", "fp32"),
         "bits_per_weight": handle.info.get("bits_per_weight", 32.0),

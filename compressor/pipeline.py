@@ -10,7 +10,7 @@ from calibrators.service import CalibrationService
 from compressor.errors import CompressorError
 from compressor.model import ModelHandle, load_model
 from compressor.passes.base import PassContext, missing_results
-from compressor.passes.fallback import output_error
+from compressor.fidelity import output_error
 from compressor.passes.precision_search import average_bits
 from compressor.passes.results import (Fallback, PrunedStructure, QuantizationPlan, QuantizedEmbeddings, Sparsity,
                                        TokenReduction)

@@ -226,21 +226,36 @@ FLAT_DEFAULTS = {
     "sensitivity_samples": 64, "calib_samples": 256, "calib_images": 64, "sampling_steps": 25, "guidance_scale": 1.5,
     "batch_size": 32, "max_length": 128, "exclude": [], "seed": 0,
 }
-# Flat presets as they were: a flat file's ``preset:`` names its base.
-FLAT_PRESETS = {
-    "int8": {}, "int8-minmax": {"observer": "max", "smoothquant": False, "fallback_max_layers": 0},
-    "nvfp4": {"scheme": "nvfp4", "rounding": "gptq", "fallback_max_layers": 0},
-    "mxfp4": {"scheme": "mxfp4", "rounding": "gptq", "rotation": "hadamard", "fallback_max_layers": 0},
-    "w4a16-nvfp4": {"scheme": "w4a16-nvfp4", "rounding": "gptq", "fallback_max_layers": 0},
-    "int4-awq": {"scheme": "w4a16-int4", "awq": True, "fallback_max_layers": 0},
-    "fp8": {"scheme": "fp8", "observer": "max", "fallback_max_layers": 0},
-    "w4a8": {"scheme": "w4a8-nvfp4", "rounding": "gptq", "fallback_max_layers": 0},
-    "fp4-int8": {"scheme": "nvfp4", "candidates": ["nvfp4", "w4a8-nvfp4", "int8"], "max_bits": 5.0, "rounding": "gptq",
-                 "fallback_max_layers": 0},
-}
 _QUANTIZE_FIELDS = ("scheme", "formats", "candidates", "max_bits", "rounding", "gptq_damp", "rotation", "group_size",
                     "symmetric", "observer", "percentile", "exclude")
 _CALIBRATION_FIELDS = tuple(CalibrationSettings.model_fields)
+# The passes a flat file can stand for.
+_FLAT_PASSES = {"smoothquant", "awq", "quantize", "fallback", "embeddings"}
+
+
+def _uses_smoothquant(schemes) -> bool:
+    """SmoothQuant only ever changes W8A8 INT8 layers."""
+    return any(SCHEMES[s].migration == "smoothquant" for s in schemes if s in SCHEMES)
+
+
+def flat_fields(passes: list) -> dict:
+    """The flat-file fields (overrides of FLAT_DEFAULTS) a preset's pass list stands for; the inverse of
+    ``flat_recipe`` for presets made only of the passes a flat file can hold."""
+    entries = {name: values for entry in passes for name, values in entry.items()}
+    quantize = {k: v for k, v in entries.get("quantize", {}).items() if FLAT_DEFAULTS.get(k) != v}
+    settings = {**FLAT_DEFAULTS, **entries.get("quantize", {})}
+    w8a8 = _uses_smoothquant({settings["scheme"], *settings["candidates"], *settings["formats"].values()})
+    # without W8A8 layers the flag changes nothing, and the flat default stays for files that add them
+    fields = {**quantize, "smoothquant": "smoothquant" in entries or not w8a8, "awq": "awq" in entries}
+    fallback = entries.get("fallback")
+    fields["fallback_max_layers"] = FLAT_DEFAULTS["fallback_max_layers"] if fallback == {} else \
+        (fallback or {}).get("max_layers", 0)
+    return {k: v for k, v in fields.items() if FLAT_DEFAULTS.get(k) != v}
+
+
+# Flat presets: a flat file's ``preset:`` names its base, one of the presets a flat file can express.
+FLAT_PRESET_NAMES = ("int8", "int8-minmax", "nvfp4", "mxfp4", "w4a16-nvfp4", "int4-awq", "fp8", "w4a8", "fp4-int8")
+FLAT_PRESETS = {name: flat_fields(PRESETS[name]) for name in FLAT_PRESET_NAMES}
 
 
 def flat_recipe(fields: dict, where: str = "recipe") -> Recipe:
@@ -253,9 +268,7 @@ def flat_recipe(fields: dict, where: str = "recipe") -> Recipe:
         if not isinstance(f[flag], bool):
             raise CompressorError(f"{where}: field '{flag}': expected true or false, got {f[flag]!r}")
     passes: list = []
-    schemes = {f["scheme"], *f["candidates"], *f["formats"].values()}
-    smoothquant_applies = any(SCHEMES[s].migration == "smoothquant" for s in schemes if s in SCHEMES)
-    if f["smoothquant"] and smoothquant_applies:  # SmoothQuant only ever changes W8A8 INT8 layers
+    if f["smoothquant"] and _uses_smoothquant({f["scheme"], *f["candidates"], *f["formats"].values()}):
         passes.append({"smoothquant": {"alphas": f["alphas"]}})
     if f["awq"]:
         passes.append({"awq": {}})

@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 from compressor.checkpoint import FORMAT_VERSION, RECORD_FILE, WEIGHTS_FILE
 from compressor.model import ModelHandle
 from compressor.numerics.formats import SCHEMES, is_float_scheme
+from compressor.passes.plan import scheme_counts
 from compressor.sparse_storage import pack_sparse_state
 from compressor.atomic import atomic_directory
 
@@ -26,10 +27,7 @@ def model_card(record: dict) -> str:
         f"Source checkpoint: `{record['source']}`",
         "",
     ]
-    counts: dict[str, int] = {}
-    for layer in layers:
-        counts[layer["format"]] = counts.get(layer["format"], 0) + 1
-    for scheme, count in counts.items():
+    for scheme, count in scheme_counts(layers).items():
         if not is_float_scheme(scheme):
             lines.append(f"- {count} Linear layers in `{scheme}`: {SCHEMES[scheme].description}.")
     if "bits_per_weight" in record:

@@ -92,17 +92,20 @@ def test_ridge_reconstruction_fits_and_refuses_to_make_things_worse():
 def test_pooled_error_scores_the_pooled_vector_and_falls_back_to_tokens():
     from types import SimpleNamespace
 
-    from compressor.passes.fallback import output_error, pooled_error
+    from compressor.adapters.base import Capabilities
+    from compressor.fidelity import output_error, pooled_error
 
     out = torch.tensor([[[1.0, 0.0], [3.0, 0.0]]])  # one input, two tokens; pooled: [2, 0]
     ref = torch.tensor([[[2.0, 0.0], [2.0, 2.0]]])  # pooled: [2, 1]
     batch = {"mask": torch.ones(1, 2, dtype=torch.bool)}
-    tokens = SimpleNamespace(forward=lambda _model, _batch: out, token_mask=lambda b: b["mask"])
+    tokens = SimpleNamespace(forward=lambda _model, _batch: out, token_mask=lambda b: b["mask"],
+                             capabilities=Capabilities())
     handle = SimpleNamespace(model=None, adapter=tokens)
     # token error: (1 + 1 + 4) / (4 + 4 + 4)
     assert output_error(handle, [batch], [ref]) == pytest.approx(6 / 12)
     assert pooled_error(handle, [batch], [ref]) == pytest.approx(6 / 12)
-    pooled = SimpleNamespace(**vars(tokens), pool=lambda hidden, _batch: hidden.mean(1))
+    pooled = SimpleNamespace(**{**vars(tokens), "capabilities": Capabilities(pooling=True)},
+                             pool=lambda hidden, _batch: hidden.mean(1))
     handle = SimpleNamespace(model=None, adapter=pooled)
     # pooled error: |[2, 0] - [2, 1]|^2 / |[2, 1]|^2: token errors of opposite sign cancel
     assert pooled_error(handle, [batch], [ref]) == pytest.approx(1 / 5)

@@ -4,38 +4,13 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 from torch import nn
-from tqdm.auto import tqdm
 
 from compressor.numerics.formats import FLOAT
+from compressor.fidelity import output_error
 from compressor.passes.base import PASSES, Pass, PassConfig
+from compressor.passes.precision_search import measure_sensitivity
 from compressor.passes.plan import QuantizationPlan, set_module
 from compressor.passes.results import Fallback
-
-
-@torch.no_grad()
-def output_error(handle, batches: list[dict], references: list[torch.Tensor]) -> float:
-    """Relative squared error of the model output against the original's, over real tokens."""
-    num = den = 0.0
-    for batch, ref in zip(batches, references):
-        mask = handle.adapter.token_mask(batch)
-        out = handle.adapter.forward(handle.model, batch)
-        num += float((out - ref)[mask].pow(2).sum())
-        den += float(ref[mask].pow(2).sum())
-    return num / max(den, 1e-12)
-
-
-def pooled_error(handle, batches: list[dict], references: list[torch.Tensor]) -> float:
-    """Relative squared error of what the user consumes, where the adapter pools the output into one
-    vector per input (a sentence embedding); the token-level ``output_error`` otherwise."""
-    pool = getattr(handle.adapter, "pool", None)
-    if pool is None:
-        return output_error(handle, batches, references)
-    num = den = 0.0
-    for batch, ref in zip(batches, references):
-        out, ref = pool(handle.adapter.forward(handle.model, batch), batch), pool(ref, batch)
-        num += float((out - ref).pow(2).sum())
-        den += float(ref.pow(2).sum())
-    return num / max(den, 1e-12)
 
 
 def apply_fallback(
@@ -58,11 +33,9 @@ def apply_fallback(
     errors = {"output_error_quantized": total, "output_error_final": total, "tolerance": tolerance}
     if max_layers == 0 or not quantized or total <= tolerance:
         return [], errors
-    for name in tqdm(quantized, desc="sensitivity", unit="layer", leave=False):
-        quantized_module = handle.model.get_submodule(name)
-        set_module(handle.model, name, originals[name])
-        records[name].fallback_gain = 1.0 - output_error(handle, batches, references) / max(total, 1e-12)
-        set_module(handle.model, name, quantized_module)
+    with_float = measure_sensitivity(handle, {n: {FLOAT: originals[n]} for n in quantized}, batches, references)
+    for name in quantized:
+        records[name].fallback_gain = 1.0 - with_float[name][FLOAT] / max(total, 1e-12)
     ranked = sorted(quantized, key=lambda n: records[n].fallback_gain, reverse=True)
     chosen = [n for n in ranked[:max_layers] if records[n].fallback_gain >= min_gain]
     for name in chosen:

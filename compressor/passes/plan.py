@@ -51,6 +51,14 @@ class QuantizationPlan:
         return {layer.name: layer for layer in self.layers}
 
 
+def scheme_counts(layers) -> dict[str, int]:
+    """How many layer records (dicts, in record order) hold each scheme."""
+    counts: dict[str, int] = {}
+    for layer in layers:
+        counts[layer["format"]] = counts.get(layer["format"], 0) + 1
+    return counts
+
+
 def matches(name: str, patterns) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 

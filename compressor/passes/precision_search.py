@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from compressor.errors import CompressorError
-from compressor.passes.fallback import output_error
+from compressor.fidelity import output_error
 from compressor.passes.plan import set_module
 
 

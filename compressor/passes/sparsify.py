@@ -21,7 +21,7 @@ from compressor.passes.plan import matches
 from compressor.passes.results import Sparsity
 from compressor.passes.precision_search import measure_sensitivity
 from compressor.passes.sparsegpt import sparsegpt_prune
-from compressor.passes.fallback import output_error
+from compressor.fidelity import output_error
 
 
 class SparsifyConfig(PassConfig):

@@ -18,6 +18,7 @@ from compressor.errors import CompressorError
 from compressor.passes.base import PASSES, Pass, PassConfig
 from compressor.passes.results import TokenReduction
 from compressor.reduction import REDUCTIONS
+from compressor.search import largest_passing
 
 DEFAULT_THRESHOLDS = [round(0.025 * i, 3) for i in range(1, 21)]  # 0.025 … 0.5
 
@@ -79,11 +80,9 @@ class StepCachePass(Pass):
                 return measured[t]
 
             candidates = sorted(cfg.thresholds)
-            low, high = -1, len(candidates) - 1  # the last index whose PSNR holds (-1: none)
-            while low < high:
-                middle = (low + high + 1) // 2
-                low, high = (middle, high) if quality(candidates[middle])["psnr"] >= cfg.min_psnr else (low, middle - 1)
-            threshold = candidates[low] if low >= 0 else 0.0
+            # the last index whose PSNR holds (-1: none)
+            last = largest_passing(-1, len(candidates) - 1, lambda i: quality(candidates[i])["psnr"] >= cfg.min_psnr)
+            threshold = candidates[last] if last >= 0 else 0.0
         apply_step_cache(handle.model, handle.adapter.blocks(handle.model), threshold)
         context.results.put(TokenReduction({"method": "step_cache", "threshold": threshold}))
         return {"threshold": threshold, "min_psnr": cfg.min_psnr,

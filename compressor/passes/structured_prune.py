@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from calibrators.collect import real_tokens
 from compressor.passes.base import PASSES, Pass, PassConfig
-from compressor.passes.fallback import pooled_error
+from compressor.fidelity import pooled_error
 from compressor.passes.precision_search import Option, choose_schemes
 from compressor.passes.reconstruct import GramStats, reconstruct
 from compressor.passes.results import PrunedStructure

@@ -15,9 +15,10 @@ from pydantic import Field
 
 from compressor.errors import CompressorError
 from compressor.passes.base import PASSES, Pass, PassConfig
-from compressor.passes.fallback import pooled_error
+from compressor.fidelity import pooled_error
 from compressor.passes.results import TokenReduction
 from compressor.reduction import REDUCTIONS
+from compressor.search import largest_passing
 from compressor.tokens.tome import patch_token_merging, tome_schedule
 
 
@@ -74,11 +75,9 @@ class TomePass(Pass):
             # A decreasing schedule is searched in half steps of r, one token at a time in the first block:
             # near its edge the error rises steeply (MNIST ViT: r = 16 kept 96.9% top-1, r = 20 93.3%).
             per_r = 2 if cfg.schedule == "decreasing" else 1
-            low, high = 0, self._largest_r(context, on_embeddings) * per_r
-            while low < high:  # the largest r with error(r) <= max_error
-                middle = (low + high + 1) // 2
-                low, high = (middle, high) if error(middle / per_r) <= cfg.max_error else (low, middle - 1)
-            r = low // per_r if low % per_r == 0 else low / per_r
+            steps = largest_passing(0, self._largest_r(context, on_embeddings) * per_r,
+                                    lambda step: error(step / per_r) <= cfg.max_error)
+            r = steps // per_r if steps % per_r == 0 else steps / per_r
         schedule = tome_schedule(r, blocks, cfg.schedule)
         patch_token_merging(handle.model, handle.adapter, schedule, cfg.protected, embeddings(r))
         settings = {"method": "tome", "schedule": schedule, "protected": cfg.protected}
