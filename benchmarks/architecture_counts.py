@@ -23,7 +23,7 @@ FORMAT_NAMES = {
     "vq3-int8", "vq2-int8", "vq3-fp8", "uint8",
 }
 PROBED = ("model", "adapter", "handle")
-PROVENANCE_KEYS = ("commit", "date", "versions")
+PROVENANCE_KEYS = ("commit", "date_utc", "versions")
 # The layer order, lowest first: a module may import from its own layer and the ones below it.
 FOUNDATION = ("compressor.errors", "compressor.registry")
 ENTRY_POINTS = ("compressor", "compressor.__main__", "compressor.cli", "compressor.compare",

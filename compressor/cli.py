@@ -237,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"--format tensorrt: {which} size of the graph's named dynamic dimensions, e.g. {example} "
                        "(defaults: batch 1/8/32, sequence 1/128/512)")
     p.add_argument("--int8-weights", choices=("auto", "int8", "uint8"), default="auto",
-                   help="onnxruntime target, W8A8 layers: int8 weights (u8·s8 kernels, about 2× faster where the CPU "
+                   help="onnxruntime target, W8A8 layers: int8 weights (u8·s8 kernels, faster where the CPU "
                    "has VNNI or AMX int8 dot products) or uint8 (u8·u8, exact on AVX2-only CPUs, whose u8·s8 kernels "
                    "can saturate); auto picks by the exporting machine's CPU")
     p.add_argument("--split", action="store_true",

@@ -172,10 +172,10 @@ PRESETS: dict[str, list] = {
                       {"fallback": {}}],
     "sparse24-w4a16-nvfp4": [{"sparsify": {"target": "2:4"}}, {"quantize": {"scheme": "w4a16-nvfp4", "rounding": "gptq"}}],
     # Vector quantization: Hessian-weighted k-means codebooks per layer, GPTVQ error feedback. vq3 (2-weight
-    # sub-vectors, 64 entries) costs 3.04 bits on MiniLM with its codebooks and row scales, so the preset searches
-    # within 3.0 bits: vq2 (4-weight sub-vectors, 256 entries) for the layers that pay least for it, and NVFP4 or
-    # INT8 weights for the few that VQ hurts most (on MiniLM this cut the embedding error on unseen sentences
-    # from 0.070 to 0.058 at the same 2.988 bits).
+    # sub-vectors, 64 entries) spends 3 bits per weight on indices alone, so with its codebooks and row scales it
+    # is over 3.0 bits; the preset searches within 3.0 bits: vq2 (4-weight sub-vectors, 256 entries) for the
+    # layers that pay least for it, and NVFP4 or INT8 weights for the few that VQ hurts most, which lowers the
+    # embedding error on unseen sentences at the same bits (benchmarks/vq_minilm.py; see docs/formats.md).
     "vq3": [{"quantize": {"scheme": "vq3", "candidates": ["vq3", "vq2", "w4a16-nvfp4", "w8a16-int8"], "max_bits": 3.0,
                           "rounding": "gptq"}}],
     "vq2": [{"quantize": {"scheme": "vq2", "rounding": "gptq"}}],
@@ -195,13 +195,13 @@ PRESETS: dict[str, list] = {
 
 
 # Calibration a preset needs beyond the defaults. SparseGPT removes half the weights and moves their
-# work onto the rest by the inverse Hessian, which needs more tokens than rounding does: on MiniLM,
-# 2:4 lost 0.57 Spearman calibrated on 256 sentences and 0.24 on 1024 (held-out pairs;
-# benchmarks/pruning_minilm.py --presets sparse24 [--calib-samples 256]).
+# work onto the rest by the inverse Hessian, which needs more tokens than rounding does: 2:4 loses less
+# on held-out pairs calibrated on 1024 sentences than on 256
+# (benchmarks/pruning_minilm.py --presets sparse24 [--calib-samples 256]; see docs/results.md).
 PRESET_CALIBRATION: dict[str, dict] = {
     **{name: {"calib_samples": 1024} for name in ("sparse24", "sparse24-int8", "sparse24-w4a16-nvfp4")},
-    # GPTVQ's error feedback leans on the Hessian the same way: on MiniLM, 1024 sentences against 256 lowered
-    # the embedding error on sentences used for neither (vq-mix 0.108 → 0.100, INT3 GPTQ 0.203 → 0.180).
+    # GPTVQ's error feedback leans on the Hessian the same way: 1024 sentences against 256 lower the
+    # embedding error on sentences used for neither (benchmarks/vq_minilm.py [--calib-samples 256]).
     **{name: {"calib_samples": 1024} for name in ("vq3", "vq2", "vq-mix")},
     # ToMe's search measures the output error of each r on every calibration input, not on the first 64:
     # an error budget of 1.5% is too fine for 64 images to resolve.

@@ -1,8 +1,8 @@
 """What the CPU offers ONNX Runtime's INT8 kernels.
 
 On CPUs with int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI, AMX), ONNX Runtime's u8·s8 GEMM
-is its fast path: MiniLM's W8A8 graph ran at 0.47× FP32 with int8 weights and at 1.07× with uint8
-ones on an AMX Xeon. On AVX2 alone, u8·s8 sums pairs of products in int16 and can saturate, so
+is its fast path, well ahead of u8·u8 (benchmarks/onnx_latency.py; see docs/results.md, latency of the
+pruned and INT8 graphs). On AVX2 alone, u8·s8 sums pairs of products in int16 and can saturate, so
 there the weights go in as uint8 (u8·u8, exact).
 """
 from __future__ import annotations

@@ -151,7 +151,8 @@ def onnx_session(path: str | Path, threads: int = 2, constant_folding: bool = Tr
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Idle workers do not spin: when models are timed in turn, a spinning pool of the model that just ran
-    # takes cores from the next one (measured: +30 ms on a 120 ms run on 2 cores; alone, within 3%).
+    # takes cores from the next one, while a model timed alone barely gains from spinning (see the timing
+    # note in docs/results.md).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not constant_folding:  # the documented session option (the constructor's disabled_optimizers is internal)
         options.add_session_config_entry("optimization.disable_specified_optimizers", "ConstantFolding")

@@ -46,14 +46,14 @@ float [out, in] weight, then Transpose → MatMul:
 * FP8: E4M3 bytes → Gather(E4M3 table) · per-row FP32 scale.
 
 Each follows the format's PyTorch dequantization step for step, so the weight is bit for bit the one
-PyTorch uses. What ONNX Runtime does with it at load (benchmarks/onnx_packed_load.py; a 2-layer BERT with
-hidden 256, 6.3 MB of float Linear weights, batch 32 × 128, 2 threads): its constant folding, on by
-default, evaluates the decode once and keeps float initializers, so a session holds what the float
-model's holds and runs as fast; but folding materializes every intermediate of the decode on the way
-(resident memory after load: +135 MiB for FP4, +74 to +114 MiB for VQ and FP8, against +48 MiB for the
-float graph; glibc keeps the freed heap, and ``malloc_trim`` brings each back to about +46 MiB). With folding off (``onnx_session(..., constant_folding=False)``)
-the packed bytes stay as they are (+40 MiB at load) and every run decodes them again (+10% latency for
-8-bit VQ indices, +20-27% for 6-bit VQ and FP4 nibbles).
+PyTorch uses. What ONNX Runtime does with it at load (benchmarks/onnx_packed_load.py; figures in
+docs/results.md, "What ONNX Runtime holds at load"): its constant folding, on by default, evaluates the
+decode once and keeps float initializers, so a session holds what the float model's holds and runs as
+fast; but folding materializes every intermediate of the decode on the way, so loading grows the process
+well beyond the float graph (glibc keeps the freed heap until ``malloc_trim`` returns it). With folding
+off (``onnx_session(..., constant_folding=False)``) the packed bytes stay as they are and every run
+decodes them again, which costs more for sub-byte codes (6-bit VQ indices, FP4 nibbles) than for 8-bit
+VQ indices.
 Input quantization: INT8 as Q/DQ, every other format as the float ops of ``QuantLinear.quantize_input``,
 so ONNX Runtime computes PyTorch's numbers.
 

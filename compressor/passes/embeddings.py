@@ -1,5 +1,5 @@
 """Quantize the embedding tables an adapter names (vocabulary and position tables dominate the size
-of small encoders: 47 of MiniLM's 91 MB)."""
+of small encoders; see docs/results.md, low-bit formats)."""
 from __future__ import annotations
 
 from typing import Literal

@@ -3,8 +3,8 @@
 Within a block, units are ranked by the output variance they add to the Linear they feed (their mean
 contribution is folded into its bias, so only the variance is lost). Across blocks, first-order
 scores mislead: removing a block's outlier-writing FFN channels shifts every later LayerNorm, which a
-linearized (Fisher) score on MiniLM put at a tenth of its measured effect and which cost 1.5
-Spearman against 0.55 for a uniform cut. So each group's model output error is measured at several
+linearized (Fisher) score underrates by far, and a cut ranked that way lost more accuracy than a
+uniform one. So each group's model output error is measured at several
 kept fractions, with the rest of the model intact, on what the user consumes (the pooled sentence
 embedding where the adapter pools, which is what similarity is scored on), and the levels with the
 least total error within the budget are chosen by the multiple-choice knapsack the precision search uses (heads and channels

@@ -28,14 +28,15 @@ class TomeConfig(PassConfig):
     sentence encoder). ``protected``: leading tokens never merged (CLS)."""
 
     r: int | None = Field(None, ge=0)
-    # decreasing: measured on the MNIST ViT, 1.79× at -0.2 top-1 against 1.66× at -0.3 for constant r
+    # decreasing: merging early, where tokens are most redundant, did better than constant r on both speed
+    # and accuracy (benchmarks/vit_tome.py --sweep-schedule; see docs/results.md)
     schedule: Literal["constant", "decreasing"] = "decreasing"
     max_error: float = Field(0.015, gt=0)
     protected: int = Field(1, ge=0)
     # ViTs: also merge on the patch embeddings before the first block, twice the first block's count (text
-    # encoders and DiTs merge inside their blocks only). The first block's attention is the most expensive:
-    # on the MNIST ViT the `tome` preset ran at 2.8-3.0x FP32 with it and 2.2x without, both -0.3 top-1 or
-    # better (benchmarks/vit_tome.py).
+    # encoders and DiTs merge inside their blocks only). The first block's attention is the most expensive,
+    # so merging before it makes the `tome` preset faster within the same error budget (benchmarks/vit_tome.py;
+    # see docs/results.md).
     merge_embeddings: bool = True
 
 
@@ -73,7 +74,7 @@ class TomePass(Pass):
             r = cfg.r
         else:
             # A decreasing schedule is searched in half steps of r, one token at a time in the first block:
-            # near its edge the error rises steeply (MNIST ViT: r = 16 kept 96.9% top-1, r = 20 93.3%).
+            # near its edge the error rises steeply (see the ViT sweep in docs/results.md).
             per_r = 2 if cfg.schedule == "decreasing" else 1
             steps = largest_passing(0, self._largest_r(context, on_embeddings) * per_r,
                                     lambda step: error(step / per_r) <= cfg.max_error)

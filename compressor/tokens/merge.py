@@ -2,7 +2,7 @@
 graph has: TopK (argsort), Gather, and a one-hot MatMul that adds each merged token into its
 destination. Never a "mean" reduction: a merged token is the size-weighted sum of its parts divided by its
 new size. (The one-hot product replaces ScatterElements with ``add``, the same sums: ONNX Runtime's CPU
-scatter goes element by element and took 7% of a merged MNIST ViT's time, the GEMM about 1%.)
+scatter goes element by element and is the slower of the two; see docs/results.md, ToMe on the MNIST ViT.)
 
 Tokens alternate between two sets, A (even positions) and B (odd). Each A token's most similar B token
 (cosine of the metric, usually the attention keys) is its candidate destination; the r A tokens with the
