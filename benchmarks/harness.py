@@ -273,7 +273,8 @@ def _torch_threads() -> int | None:
 
 def _code_state() -> tuple[str | None, str | None]:
     commit = _git("rev-parse", "HEAD")
-    return commit, _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    # results files are outputs, not the code that made them
+    return commit, _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results") if commit else None
 
 
 # The code a run measures is the code it started with: later commits in the same checkout must not be
