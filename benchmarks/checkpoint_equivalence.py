@@ -1,6 +1,7 @@
-"""Does this checkout compress exactly like another revision? Each preset compresses the embedded MiniLM with
-both (the other in a temporary git worktree, each in its own process), and every stored tensor and layer
-record is compared. A refactor that changes no behaviour writes bit-identical checkpoints.
+"""Does this checkout compress and export exactly like another revision? Each preset compresses the embedded
+MiniLM with both (the other in a temporary git worktree, each in its own process) and exports it for both
+ONNX targets; every stored tensor, every layer record and the bytes of every graph are compared. A refactor
+that changes no behaviour writes bit-identical checkpoints and graphs.
 
     python benchmarks/checkpoint_equivalence.py --base REV [--presets int8 nvfp4 ...]
                                                 [--output benchmarks/results/checkpoint_equivalence.json]
@@ -31,11 +32,15 @@ from compressor.data import default_calibration_file
 from compressor.model import default_model_dir
 from compressor.pipeline import compress
 from compressor.recipe import load_recipe
+from exporters.onnx_export import export_onnx
 out, names = sys.argv[1], sys.argv[2:]
 for name in names:
     recipe = load_recipe(name).with_calibration(calib_samples=64, sensitivity_samples=16, search_tokens=1024)
-    compress(default_model_dir(), recipe, default_calibration_file(), f"{out}/{name}")
+    handle = compress(default_model_dir(), recipe, default_calibration_file(), f"{out}/{name}")
+    for target in ("onnxruntime", "tensorrt"):
+        export_onnx(handle, f"{out}/{name}-{target}.onnx", target, int8_weights="int8")
 """
+TARGETS = ("onnxruntime", "tensorrt")
 
 
 def compress_with(source: Path, out: Path, presets: list[str]) -> None:
@@ -53,11 +58,14 @@ def compare(a: Path, b: Path) -> dict:
     differ = [k for k in tensors if k not in ta or k not in tb or not torch.equal(ta[k], tb[k])]
     ra, rb = (json.loads((d / "compression.json").read_text(encoding="utf-8")) for d in (a, b))
     layers = [f"{x['name']}.{key}" for x, y in zip(ra["layers"], rb["layers"]) for key in x if x.get(key) != y.get(key)]
+    graphs = {t: (a.parent / f"{a.name}-{t}.onnx").read_bytes() == (b.parent / f"{b.name}-{t}.onnx").read_bytes()
+              for t in TARGETS}
     return {"tensors": len(tensors), "tensors_differ": differ, "layer_fields_differ": layers,
+            "onnx_graphs_identical": graphs,
             "bits_per_weight": [ra.get("bits_per_weight"), rb.get("bits_per_weight")],
             "output_error_final": [ra["output_error"].get("output_error_final"),
                                    rb["output_error"].get("output_error_final")],
-            "identical": not differ and not layers and len(ra["layers"]) == len(rb["layers"])}
+            "identical": not differ and not layers and len(ra["layers"]) == len(rb["layers"]) and all(graphs.values())}
 
 
 def main() -> None:
