@@ -34,6 +34,8 @@ def test_the_counters_find_what_they_look_for(counts):
     assert sorted(counts.structure_probes(tree)) == [3, 3]
     assert counts.private_imports(tree, "compressor.passes.sparsegpt") == ["compressor.passes.gptq._helper"]
     assert counts.cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert counts.touches_sys_path(ast.parse("import sys\nsys.path.insert(0, 'x')\n"))
+    assert not counts.touches_sys_path(ast.parse("import os\nos.path.join('a', 'b')\n"))
     assert counts.layering_violations({"calibrators.data": {"exporters.onnx_export"},
                                        "exporters.onnx_export": {"compressor.errors"}}) == [
         "calibrators.data -> exporters.onnx_export"]
