@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 
 from compressor.diffusion.step_cache import apply_step_cache, remove_step_cache, step_cache_of
-from compressor.errors import CompressorError
 from compressor.model import ModelHandle
 from compressor.atomic import atomic_directory
 

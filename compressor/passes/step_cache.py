@@ -14,7 +14,6 @@ from pydantic import Field
 
 from calibrators.sampling import sample
 from compressor.diffusion.step_cache import apply_step_cache, remove_step_cache
-from compressor.errors import CompressorError
 from compressor.passes.base import PASSES, Pass, PassConfig
 from compressor.passes.results import TokenReduction
 from compressor.reduction import REDUCTIONS
