@@ -124,6 +124,10 @@ def main() -> None:
                 paths.append(saved[name])
             held_out = write_sts_tsv(pairs, scratch / "held_out.tsv")
             report = compare(default_model_dir(), paths, held_out, args.report, repeats=args.repeats, overwrite=True)
+            for row in report["models"][1:]:  # scratch paths mean nothing after the run
+                row["path"] = row["model"]
+            report["eval_data"] = f"{len(pairs.scores)} held-out STS-B dev pairs"
+            write_results(Path(args.report) / "report.json", report)
             results["compare"] = [
                 {k: row[k] for k in ("model", "recipe", "bits_per_weight", "spearman", "spearman_delta", "latency_ratio",
                                      "weights_bytes", "size_ratio", "onnxruntime_kernels")}
