@@ -46,10 +46,16 @@ def model_card(record: dict) -> str:
         lines.append(f"- `{layer['name']}` kept in float: {layer['note']}")
     reduction = record.get("token_reduction")
     if reduction:
-        settings = ", ".join(f"{k} {v}" for k, v in reduction.items() if k != "method")
+        settings = ", ".join(f"{k} {_compact(v)}" for k, v in reduction.items() if k != "method" and v is not None)
         lines.append(f"- Token reduction `{reduction['method']}` ({settings}), applied again when the checkpoint loads.")
     lines += ["", "Reload with `compressor.load_compressed(path)`; export with `compressor export`."]
     return "\n".join(lines) + "\n"
+
+
+def _compact(value) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_compact(v)}" for k, v in value.items()) + "}"
+    return str(value)
 
 
 def _pass_names(recipe: dict) -> list[str]:

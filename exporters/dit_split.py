@@ -99,5 +99,5 @@ def export_dit_split(handle: ModelHandle, directory: str | Path, target: str = "
                 export_onnx(view, scratch / f"{part}.onnx", target)
     finally:
         if cache is not None:
-            apply_step_cache(model, cache.blocks, cache.threshold)
+            apply_step_cache(model, cache.blocks, cache.threshold, cache.calibration)
     return {part: Path(directory) / f"{part}.onnx" for part in PARTS}

@@ -55,19 +55,128 @@ def test_step_cache_pass_round_trip(tiny_dit_dir, tmp_path):
     from compressor.recipe import Recipe
     from compressor.checkpoint import load_compressed
 
-    recipe = Recipe.from_dict({"name": "cache", "passes": [{"step_cache": {"thresholds": [0.05, 0.2, 0.5, 2.0]}}],
+    recipe = Recipe.from_dict({"name": "cache", "passes": [{"step_cache": {"thresholds": [0.05, 0.2, 0.5, 2.0],
+                                                                           "guidance_scales": [1.0, 3.0]}}],
                                "calibration": {"calib_images": 8, "sampling_steps": STEPS}})
     handle = compress(tiny_dit_dir, recipe, None, tmp_path / "cache")
     record = next(p for p in handle.info["passes"] if p["pass"] == "step_cache")
+    calibration = record["calibration"]
+    # the recipe's own guidance (1.5) is calibrated along with the ones asked for
+    assert sorted(calibration["thresholds"]) == ["1.0", "1.5", "3.0"]
+    assert calibration["steps"] == STEPS and calibration["scheduler"] == "DDIMScheduler"
     threshold = record["threshold"]
-    assert handle.info["token_reduction"] == {"method": "step_cache", "threshold": threshold}
-    # the chosen threshold keeps 27 dB on the calibration samples; the next larger one measured does not
-    holding = [float(t) for t, m in record["searched"].items() if m["psnr"] >= 27.0]
-    failing = [float(t) for t, m in record["searched"].items() if m["psnr"] < 27.0]
-    assert threshold == max(holding, default=0.0) and all(t > threshold for t in failing)
+    assert threshold == calibration["thresholds"]["1.5"]
+    assert handle.info["token_reduction"] == {"method": "step_cache", "threshold": threshold, "calibration": calibration}
+    # at each guidance the chosen threshold keeps 27 dB on the calibration samples; larger ones measured do not
+    for guidance, chosen in calibration["thresholds"].items():
+        searched = record["searched"][guidance]
+        holding = [float(t) for t, m in searched.items() if m["psnr"] >= 27.0]
+        failing = [float(t) for t, m in searched.items() if m["psnr"] < 27.0]
+        assert chosen == max(holding, default=0.0) and all(t > chosen for t in failing)
     reloaded = load_compressed(tmp_path / "cache")
-    assert step_cache_of(reloaded.model).threshold == threshold
+    cache = step_cache_of(reloaded.model)
+    assert cache.threshold == threshold and cache.calibration == calibration
     assert torch.equal(draw(reloaded), draw(handle))
+
+
+def test_threshold_for_guidance_takes_the_stricter_neighbour_and_flags_what_was_not_calibrated():
+    from compressor.diffusion.step_cache import threshold_for_guidance
+
+    table = {1.0: 0.4, 2.0: 0.2, 4.0: 0.1}
+    assert threshold_for_guidance(table, 2.0) == (0.2, True)
+    assert threshold_for_guidance(table, 1.5) == (0.2, True)  # neither 1 nor 2 was measured at 1.5
+    assert threshold_for_guidance(table, 3.0) == (0.1, True)
+    assert threshold_for_guidance(table, 6.0) == (0.1, False)  # beyond the table: its end, unchecked
+    assert threshold_for_guidance({1.5: 0.3, 3.0: 0.35}, 2.0) == (0.3, True)
+
+
+def _calibrated(tiny_dit_dir):
+    from compressor.model import load_model
+
+    handle = load_model(tiny_dit_dir)
+    calibration = {"thresholds": {"1.0": 0.5, "1.5": 0.3, "2.0": 0.2}, "steps": STEPS, "scheduler": "DDIMScheduler"}
+    apply_step_cache(handle.model, handle.adapter.blocks(handle.model), 0.3, calibration)
+    return handle
+
+
+def test_prepare_picks_the_threshold_calibrated_for_the_guidance(tiny_dit_dir, recwarn):
+    handle = _calibrated(tiny_dit_dir)
+    cache = step_cache_of(handle.model)
+    assert cache.prepare(2.0, STEPS, "DDIMScheduler") == 0.2 and cache.threshold == 0.2
+    assert cache.prepare(1.0, STEPS) == 0.5
+    assert not recwarn.list
+    # the hooks use the new threshold: at 0 every block of every step runs again
+    cache.calibration["thresholds"]["1.0"] = 0.0
+    cache.prepare(1.0, STEPS)
+    cache.reset_counts()
+    draw(handle)
+    assert cache.block_evaluations == STEPS * 3
+
+
+@pytest.mark.parametrize("guidance, steps, scheduler, says", [
+    (3.0, STEPS, "DDIMScheduler", "guidance 3 \\(calibrated 1 to 2\\)"),
+    (1.5, STEPS + 4, "DDIMScheduler", f"{STEPS + 4} steps \\(calibrated {STEPS}\\)"),
+    (1.5, STEPS, "EulerDiscreteScheduler", "scheduler EulerDiscreteScheduler"),
+])
+def test_sampling_outside_the_calibration_warns(tiny_dit_dir, guidance, steps, scheduler, says):
+    cache = step_cache_of(_calibrated(tiny_dit_dir).model)
+    with pytest.warns(UserWarning, match=f"step cache: sampling at {says}.*never measured"):
+        cache.prepare(guidance, steps, scheduler)
+
+
+def test_a_threshold_set_by_hand_is_used_at_any_guidance(tiny_dit_dir, tmp_path, recwarn):
+    from compressor.checkpoint import load_compressed
+    from compressor.pipeline import compress
+    from compressor.recipe import Recipe
+
+    recipe = Recipe.from_dict({"name": "cache", "passes": [{"step_cache": {"threshold": 0.3}}],
+                               "calibration": {"calib_images": 4, "sampling_steps": 3}})
+    compress(tiny_dit_dir, recipe, None, tmp_path / "cached")
+    cache = step_cache_of(load_compressed(tmp_path / "cached").model)
+    assert cache.calibration is None and cache.prepare(4.0, 50) == 0.3 and not recwarn.list
+
+
+def test_a_checkpoint_from_before_the_table_warns_away_from_its_guidance(tiny_dit_dir, tmp_path):
+    from compressor.checkpoint import RECORD_FILE, load_compressed
+    from compressor.pipeline import compress
+    from compressor.recipe import Recipe
+
+    recipe = Recipe.from_dict({"name": "cache", "passes": [{"step_cache": {"thresholds": [0.05, 0.5],
+                                                                           "guidance_scales": [1.5]}}],
+                               "calibration": {"calib_images": 4, "sampling_steps": STEPS}})
+    compress(tiny_dit_dir, recipe, None, tmp_path / "cached")
+    path = tmp_path / "cached" / RECORD_FILE
+    record = json.loads(path.read_text())
+    del record["token_reduction"]["calibration"]  # what earlier versions wrote
+    path.write_text(json.dumps(record))
+    cache = step_cache_of(load_compressed(tmp_path / "cached").model)
+    assert cache.calibration["thresholds"] == {"1.5": record["token_reduction"]["threshold"]}
+    with pytest.warns(UserWarning, match="guidance 2 \\(calibrated 1.5\\)"):
+        cache.prepare(2.0, STEPS)
+
+
+def test_compare_at_another_guidance_uses_that_guidances_threshold(tiny_dit_dir, tmp_path):
+    from compressor.cli import main
+    from compressor.pipeline import compress
+    from compressor.recipe import Recipe
+
+    recipe = Recipe.from_dict({"name": "cache", "passes": [{"step_cache": {"thresholds": [0.05, 0.2, 1e9],
+                                                                           "guidance_scales": [1.0, 3.0]}}],
+                               "calibration": {"calib_images": 8, "sampling_steps": STEPS}})
+    handle = compress(tiny_dit_dir, recipe, None, tmp_path / "cached")
+    table = handle.info["token_reduction"]["calibration"]["thresholds"]
+    report_dir = tmp_path / "report"
+    assert main(["compare", str(tiny_dit_dir), str(tmp_path / "cached"), "--num-samples", "8", "--steps", str(STEPS),
+                 "--guidance", "3", "--batch", "2", "--repeats", "1", "--report", str(report_dir)]) == 0
+    rows = {row["model"]: row for row in json.loads((report_dir / "report.json").read_text())["models"]}
+    cache = step_cache_of(handle.model)
+    cache.prepare(3.0, STEPS)
+    assert cache.threshold == table["3.0"]
+    cache.reset_counts()
+    from compressor.evaluation.generated_images import SamplingSetup, generate
+
+    generate(handle, torch.arange(8) % 4, SamplingSetup(8, STEPS, 3.0, 0))
+    assert rows["cached"]["block_evaluations"] == cache.block_evaluations / cache.trajectories
 
 
 def test_step_cache_needs_a_dit(tiny_bert_dir, tmp_path, calib_file):

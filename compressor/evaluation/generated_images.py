@@ -54,6 +54,9 @@ def generate(handle, labels: torch.Tensor, setup: SamplingSetup, desc: str = "sa
     """Class-conditional samples from ``handle``'s PyTorch model (each format's exact numerics)."""
     adapter, model = handle.adapter, handle.model
     _classes(handle)
+    cache = step_cache_of(model)
+    if cache is not None:  # the threshold calibrated for this sampling, or a warning that none was
+        cache.prepare(setup.guidance, setup.steps, type(adapter.scheduler()).__name__)
     out = []
     for index, start in enumerate(tqdm(range(0, len(labels), setup.chunk), desc=desc, unit="chunk", leave=False)):
         chunk = labels[start : start + setup.chunk]
