@@ -277,6 +277,26 @@ def test_tome_pass_round_trip_and_int8(tiny_vit, tmp_path):
     np.testing.assert_allclose(got, expected, rtol=0.05, atol=0.05 * np.abs(expected).max())
 
 
+def test_tome_search_keeps_its_margin_below_the_edge(tiny_vit, tmp_path):
+    from compressor.pipeline import compress
+    from compressor.recipe import Recipe
+
+    model_dir, data = tiny_vit
+    picked = {}
+    for margin in (0.0, 0.5):
+        recipe = Recipe.from_dict({"name": "t", "passes": [{"tome": {"max_error": 0.05, "margin": margin}}],
+                                   "calibration": {"calib_samples": 32, "sensitivity_samples": 32}})
+        handle = compress(model_dir, recipe, data, tmp_path / f"m{margin}")
+        picked[margin] = next(p for p in handle.info["passes"] if p["pass"] == "tome")
+    edge = picked[0.0]["edge_r"]
+    searched = {float(r): e for r, e in picked[0.0]["searched"].items()}
+    # the edge holds the budget and every larger r measured breaks it
+    assert edge > 0 and searched[edge] <= 0.05 and all(e > 0.05 for r, e in searched.items() if r > edge)
+    assert picked[0.0]["r"] == edge and picked[0.5]["edge_r"] == edge
+    # a decreasing schedule moves in half steps: the largest half step whose 1.5 times is within the edge
+    assert picked[0.5]["r"] == int(2 * edge / 1.5) / 2 and picked[0.5]["r"] * 1.5 <= edge
+
+
 def test_tome_pass_rejects_a_diffusion_model_and_bad_config():
     from compressor.recipe import Recipe
 

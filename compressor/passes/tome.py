@@ -1,9 +1,10 @@
 """Token merging (ToMe) as a recipe pass: merge r tokens per block in ViTs and BERT-family text encoders,
 or around the attention and MLP of each Diffusion Transformer block (ToMeSD-style).
 
-With ``r`` given, that schedule is applied. Without it, the pass picks the largest r whose measured output
+With ``r`` given, that schedule is applied. Without it, the pass finds the largest r whose measured output
 error on the calibration inputs (against the original model, so a quantized model's own error counts too)
-stays within ``max_error``; the error grows with r, so a bisection finds it in a few measurements. The
+stays within ``max_error`` (the error grows with r, so a bisection finds it in a few measurements), and
+keeps ``margin`` below it: r × (1 + margin) is the largest that holds. The
 schedule is recorded with the checkpoint (``token_reduction``), and loading applies it again.
 """
 from __future__ import annotations
@@ -32,6 +33,10 @@ class TomeConfig(PassConfig):
     # and accuracy (benchmarks/vit_tome.py --sweep-schedule; see docs/results.md)
     schedule: Literal["constant", "decreasing"] = "decreasing"
     max_error: float = Field(0.015, gt=0)
+    # The searched r leaves room: r × (1 + margin) must stay within max_error too. Where the error starts to
+    # climb steeply moves from model to model and input to input, and an r picked at the edge of one
+    # model's budget falls over it on another.
+    margin: float = Field(0.25, ge=0)
     protected: int = Field(1, ge=0)
     # ViTs: also merge on the patch embeddings before the first block, twice the first block's count (text
     # encoders and DiTs merge inside their blocks only). The first block's attention is the most expensive,
@@ -76,8 +81,9 @@ class TomePass(Pass):
             # A decreasing schedule is searched in half steps of r, one token at a time in the first block:
             # near its edge the error rises steeply (see the ViT sweep in docs/results.md).
             per_r = 2 if cfg.schedule == "decreasing" else 1
-            steps = largest_passing(0, self._largest_r(context, on_embeddings) * per_r,
-                                    lambda step: error(step / per_r) <= cfg.max_error)
+            edge = largest_passing(0, self._largest_r(context, on_embeddings) * per_r,
+                                   lambda step: error(step / per_r) <= cfg.max_error)
+            steps = int(edge / (1 + cfg.margin))
             r = steps // per_r if steps % per_r == 0 else steps / per_r
         schedule = tome_schedule(r, blocks, cfg.schedule)
         patch_token_merging(handle.model, handle.adapter, schedule, cfg.protected, embeddings(r))
@@ -85,7 +91,7 @@ class TomePass(Pass):
         if on_embeddings:
             settings["embeddings"] = embeddings(r)
         context.results.put(TokenReduction(settings))
-        return {"r": r, "schedule": schedule, "embeddings": embeddings(r), "output_error": error(r),
+        return {"r": r, "edge_r": None if cfg.r is not None else edge / per_r, "schedule": schedule, "embeddings": embeddings(r), "output_error": error(r),
                 "searched": {str(k): round(v, 6) for k, v in sorted(measured.items())}}
 
     def _on_embeddings(self, layout, model_name: str) -> bool:
